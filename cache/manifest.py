@@ -1,0 +1,195 @@
+"""The manifest: one JSON file that says what a cache holds and which shards are complete.
+
+Readers trust only the manifest. A shard file that exists but is not listed (a run killed
+between writing a shard and recording it) is invisible and is replaced on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cache.errors import CacheError
+
+FORMAT = "sra-sentence-cache"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+TOKENIZER_NAME = "tokenizer.json"
+EMBEDDINGS_NAME = "embeddings.safetensors"
+
+STATUS_IN_PROGRESS = "in_progress"
+STATUS_COMPLETE = "complete"
+
+
+@dataclass
+class ShardInfo:
+    """One complete shard: where it is, what it holds, and how to check it."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+    first_id: int
+    last_id: int
+    rank: int = 0
+    # Stream windows [first_window, last_window] this shard covers; resume restarts after
+    # the last complete window, which is why shards always end on a window boundary.
+    first_window: int = 0
+    last_window: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], manifest_path: Path) -> ShardInfo:
+        try:
+            info = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except TypeError as e:
+            raise CacheError(f"{manifest_path}: malformed shard entry {d!r} ({e})") from None
+        _check_inside(info.file, manifest_path)
+        return info
+
+
+@dataclass
+class Manifest:
+    """Everything a reader needs to know about a cache, and nothing it must guess."""
+
+    fingerprint: str
+    config: dict[str, Any]
+    schema: dict[str, str] = field(default_factory=dict)
+    status: str = STATUS_IN_PROGRESS
+    world_size: int = 1
+    shards: list[ShardInfo] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+    # Side files written beside the manifest (tokenizer, embedding matrix) and their sha256.
+    files: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == STATUS_COMPLETE
+
+    @property
+    def poolings(self) -> list[str]:
+        return list(self.config.get("teacher", {}).get("poolings", []))
+
+    @property
+    def dim(self) -> int:
+        return int(self.config.get("teacher", {}).get("hidden_size", 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # Keep the identifying keys first so `head manifest.json` tells what the file is.
+        order = ["format", "format_version", "status", "fingerprint", "world_size"]
+        return {k: d[k] for k in order} | {k: v for k, v in d.items() if k not in order}
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """A stable hash of the explicit JSON config; it decides whether a directory may resume."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse and validate a manifest file; every failure is one CacheError line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CacheError(
+            f"{path.parent} is not a cache: it has no {path.name} "
+            "(run `pipeline embed --out DIR` to create one)"
+        ) from None
+    except IsADirectoryError:
+        raise CacheError(f"{path} is a directory, expected a manifest file") from None
+    try:
+        d = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path} is not valid JSON ({e}); the cache is damaged") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise CacheError(
+            f"{path} is not a sentence-cache manifest; "
+            "point at a directory written by `pipeline embed`"
+        )
+    if d.get("format_version") != FORMAT_VERSION:
+        raise CacheError(
+            f"{path} has cache format version {d.get('format_version')!r}, this reader "
+            f"understands {FORMAT_VERSION}; re-create the cache with this version"
+        )
+    try:
+        shards = [ShardInfo.from_dict(s, path) for s in d.get("shards", [])]
+        for name in d.get("files", {}):
+            _check_inside(name, path)
+        return Manifest(
+            fingerprint=str(d["fingerprint"]),
+            config=dict(d["config"]),
+            schema=dict(d.get("schema", {})),
+            status=str(d["status"]),
+            world_size=int(d.get("world_size", 1)),
+            shards=shards,
+            totals=dict(d.get("totals", {})),
+            files={str(k): str(v) for k, v in d.get("files", {}).items()},
+            created_at=str(d.get("created_at", "")),
+            updated_at=str(d.get("updated_at", "")),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CacheError(
+            f"{path} is missing or has a malformed field ({e}); the cache is damaged"
+        ) from None
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Atomic replace: temp file, fsync, rename, fsync the directory."""
+    manifest.updated_at = now()
+    data = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False).encode()
+    write_atomic(path, data)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not every platform lets a directory be opened; rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_inside(name: str, manifest_path: Path) -> None:
+    # A manifest is user input: a shard entry must name a plain file in the cache directory,
+    # never an absolute path or `../` that would make us read (or delete) files elsewhere.
+    p = Path(name)
+    if p.is_absolute() or len(p.parts) != 1 or name in ("", ".", "..") or "\\" in name:
+        raise CacheError(
+            f"{manifest_path}: shard entry {name!r} points outside the cache directory; "
+            "refusing to read it (the manifest is corrupt or was tampered with)"
+        )

@@ -1,0 +1,103 @@
+"""Reading the corpus in a separate process, a few windows ahead of the teacher.
+
+Reading, decoding, sentence splitting and dedup are pure Python. In a thread they would hold
+the GIL between the teacher's torch ops and slow its forward pass several-fold; in a process
+they overlap with it for real. Windows travel as plain lists of strings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import queue
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipeline.corpus import CorpusSpec, CorpusStats
+from pipeline.errors import PipelineError
+from pipeline.sentences import FilterConfig, iter_sentences
+
+
+@dataclass
+class RawWindow:
+    index: int
+    first_id: int  # ids are stream positions: window index x window size + offset
+    texts: list[str]
+    sources: list[str]
+
+
+@dataclass
+class ReadPlan:
+    spec: CorpusSpec
+    filters: FilterConfig
+    limit: int | None
+    window: int
+    start: int  # first window not yet in the cache
+    rank: int
+    world: int
+
+
+def plan_windows(plan: ReadPlan, stats: CorpusStats) -> Iterator[RawWindow]:
+    """The windows this rank owns, from `start` on; earlier ones are read (for dedup) only."""
+    stream = iter_sentences(plan.spec, plan.filters, plan.limit, stats)
+    for index in itertools.count():
+        chunk = list(itertools.islice(stream, plan.window))
+        if not chunk:
+            return
+        if index >= plan.start and index % plan.world == plan.rank:
+            texts, sources = zip(*chunk, strict=True)
+            yield RawWindow(index, index * plan.window, list(texts), list(sources))
+
+
+def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[RawWindow | CorpusStats]:
+    """Windows from a child process; the last item is the finished stream's CorpusStats."""
+    ctx = mp.get_context("spawn")
+    q: Any = ctx.Queue(maxsize=ahead)
+    child = ctx.Process(target=_produce, args=(plan, q, os.getpid()), daemon=True)
+    child.start()
+    try:
+        while True:
+            try:
+                kind, payload = q.get(timeout=5.0)
+            except queue.Empty:
+                if not child.is_alive():
+                    raise PipelineError(
+                        f"the corpus reader process died (exit code {child.exitcode}); "
+                        "rerun the same command to resume"
+                    ) from None
+                continue
+            if kind == "window":
+                yield payload
+            elif kind == "stats":
+                yield CorpusStats(**payload)
+                return
+            else:
+                raise PipelineError(payload)
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join(timeout=5)
+
+
+def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
+    def send(item: tuple[str, Any]) -> bool:
+        while True:
+            try:
+                q.put(item, timeout=1.0)
+                return True
+            except queue.Full:
+                if os.getppid() != parent:  # the parent was killed: stop, don't linger
+                    return False
+
+    stats = CorpusStats()
+    try:
+        for window in plan_windows(plan, stats):
+            if not send(("window", window)):
+                return
+        send(("stats", asdict(stats)))
+    except PipelineError as e:
+        send(("error", str(e)))
+    except Exception as e:  # any other failure still ends as one line in the parent
+        send(("error", f"reading the corpus failed: {type(e).__name__}: {e}"))

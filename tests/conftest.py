@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random BERT teacher built in code, and the shared data folder."""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+WIKI_DUMP = SHARED_DATA / "wiki" / "enwiki_2015_wikiextractor_AA-AB.txt.gz"
+
+WORDS = (
+    "the a an of and to in is was for on that with as by it at from his her this be are were "
+    "which or have had not but one first new two their its after who also has been city world "
+    "year war state music film people time may all more other such some only into over most "
+    "sentence cat dog sat mat ran fast slow red blue green house tree river water small large"
+).split()
+
+
+def build_tiny_tokenizer(path: Path) -> None:
+    """A real WordPiece tokenizer with a ~300-entry vocabulary: no download needed."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = specials + chars + [f"##{c}" for c in string.ascii_lowercase + string.digits] + WORDS
+    vocab = list(dict.fromkeys(vocab))
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))],
+    )
+    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=512)
+    fast.save_pretrained(path)
+
+
+def build_tiny_bert(path: Path, seed: int = 0, pooler: bool = True) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    build_tiny_tokenizer(path)
+    from transformers import AutoTokenizer
+
+    vocab_size = len(AutoTokenizer.from_pretrained(path))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
+    model = BertModel(config, add_pooling_layer=pooler)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_pooler(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-np"), pooler=False)
+
+
+@pytest.fixture()
+def wiki_dump() -> Path:
+    if not WIKI_DUMP.exists():
+        pytest.skip(f"shared Wikipedia dump not found at {WIKI_DUMP} (set PIPELINE_SHARED_DATA)")
+    return WIKI_DUMP
+
+
+def write_corpus(path: Path, n: int, seed: int = 0) -> Path:
+    """A text file of n distinct, deterministic sentences of varying length."""
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(5, 40))]
+            f.write(" ".join(words).capitalize() + f" number {i}.\n")
+    return path

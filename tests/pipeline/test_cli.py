@@ -1,0 +1,172 @@
+"""The `pipeline` command as a user runs it: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cache import open_cache
+from tests.conftest import REPO, write_corpus
+from tests.pipeline.test_embed import assert_same_cache
+
+TINY = ["--window", "64", "--shard-rows", "150", "--no-progress"]
+
+
+def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"} | kw.pop("env", {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env, **kw
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr[-3000:]}")
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """Bad input ends as exactly one `error:` line and exit status 1, never a traceback."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    for command in (["embed"], ["inspect"], ["sql"], ["verify"], ["bench", "embed"]):
+        out = cli(*command, "--help").stdout
+        assert "Example: pipeline" in out, command
+
+
+def test_embed_inspect_sql_verify(tmp_path: Path, tiny_bert: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 300)
+    out = tmp_path / "cache"
+    cli("embed", "--corpus", str(corpus), "--out", str(out), "--teacher", str(tiny_bert), *TINY)
+    summary = cli("inspect", str(out)).stdout
+    assert "complete" in summary and "300" in summary and "mean" in summary
+    got = cli("sql", str(out), "SELECT count(*) AS n, avg(n_tokens) AS t FROM sentences",
+              "--format", "csv").stdout.splitlines()
+    assert got[0] == '"n","t"' and got[1].startswith("300,")
+    rows = cli("sql", str(out), "SELECT id, text FROM sentences ORDER BY id LIMIT 2",
+               "--format", "json").stdout.splitlines()
+    assert [json.loads(r)["id"] for r in rows] == [0, 1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sql", str(out), "SELECT id FROM sentences",
+         "--format", "parquet"],
+        capture_output=True, env=os.environ | {"PYTHONPATH": str(REPO)}, check=True,
+    )
+    (tmp_path / "q.parquet").write_bytes(proc.stdout)
+    assert pq.read_table(tmp_path / "q.parquet").num_rows == 300
+    assert "ok (2 shards, 300 rows" in cli("verify", str(out)).stdout
+    # Corrupt one byte in the middle of a shard: verify names it and fails.
+    shard = out / "shard-00001.arrow"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    proc = cli("verify", str(out), check=False)
+    assert proc.returncode == 1 and "shard-00001.arrow" in proc.stderr
+    assert "SQL failed" in error_line(cli("sql", str(out), "SELEC nonsense", check=False))
+
+
+def test_bad_input_is_one_line(tmp_path: Path, tiny_bert: Path) -> None:
+    t = ["--teacher", str(tiny_bert), *TINY]
+    line = error_line(cli("embed", "--corpus", str(tmp_path / "no.txt"), "--out",
+                          str(tmp_path / "o"), *t, check=False))
+    assert "no.txt" in line
+    line = error_line(cli("embed", "--corpus", "wiki", "--out", str(tmp_path / "o"), *t,
+                          check=False, env={"HF_DATASETS_OFFLINE": "1", "PIPELINE_WIKI_DUMP": ""}))
+    assert "--wiki-dump" in line
+    corpus = write_corpus(tmp_path / "c.txt", 20)
+    line = error_line(cli("embed", "--corpus", str(corpus), "--out", str(tmp_path / "o"),
+                          "--teacher", "nobody/none", check=False))
+    assert "cannot load teacher" in line
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "f").write_text("x")
+    assert "is a file" in error_line(cli("inspect", str(tmp_path / "f"), check=False))
+    assert "no manifest.json" in error_line(cli("inspect", str(tmp_path), check=False))
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_cache(tmp_path: Path, tiny_bert: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 6000)
+    args = ["--corpus", str(corpus), "--teacher", str(tiny_bert), "--window", "32",
+            "--shard-rows", "64", "--no-progress"]
+    out = tmp_path / "killed"
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "embed", "--out", str(out), *args],
+                            env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads((out / "manifest.json").read_text())["shards"]) >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Whatever moment the kill hit, the manifest is valid and lists only whole shards.
+    partial = open_cache(out, require_complete=False, checksums=True)
+    for shard in partial.shards:
+        partial.read_shard(shard)
+    cli("embed", "--out", str(out), *args)
+    cli("embed", "--out", str(tmp_path / "ref"), *args)
+    assert_same_cache(out, tmp_path / "ref")
+
+
+def test_disk_full_then_resume(tmp_path: Path, tiny_bert: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 600)
+    args = ["--corpus", str(corpus), "--teacher", str(tiny_bert), *TINY]
+    out = tmp_path / "full"
+
+    def small_disk() -> None:  # files may not grow past 50 kB: a shard write fails (EFBIG)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "embed", "--out", str(out), *args],
+        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)},
+        preexec_fn=small_disk,
+    )
+    assert "disk full" in error_line(proc)
+    partial = open_cache(out, require_complete=False, checksums=True)
+    assert partial.manifest.status == "in_progress"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial shard
+    cli("embed", "--out", str(out), *args)
+    cli("embed", "--out", str(tmp_path / "ref"), *args)
+    assert_same_cache(out, tmp_path / "ref")
+
+
+def test_torchrun_two_processes_equal_one(tmp_path: Path, tiny_bert: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 700)
+    args = ["--corpus", str(corpus), "--teacher", str(tiny_bert), *TINY]
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29517", "-m", "pipeline", "embed", "--out", str(tmp_path / "two"),
+         *args],
+        check=True, env=env, capture_output=True, timeout=300,
+    )
+    cli("embed", "--out", str(tmp_path / "one"), *args)
+    two, one = open_cache(tmp_path / "two"), open_cache(tmp_path / "one")
+    assert {s.rank for s in two.shards} == {0, 1} and two.manifest.world_size == 2
+    assert not list((tmp_path / "two").glob("manifest.rank*"))
+    q = "SELECT id, text, source, input_ids, mean FROM sentences ORDER BY id"
+    a = two.connect().sql(q).to_arrow_table()
+    b = one.connect().sql(q).to_arrow_table()
+    assert a.select(["id", "text", "source", "input_ids"]).equals(
+        b.select(["id", "text", "source", "input_ids"])
+    )
+    import numpy as np
+
+    va, vb = np.array(a["mean"].to_pylist()), np.array(b["mean"].to_pylist())
+    cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+    assert cos.min() >= 0.99999
+    assert "ok" in cli("verify", str(tmp_path / "two")).stdout
