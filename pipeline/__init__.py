@@ -1,7 +1,7 @@
 """Stage one (corpus -> teacher -> Arrow cache) and the `pipeline` command line.
 
-    from pipeline import EmbedConfig, embed
-    embed(EmbedConfig(corpus="wiki", wiki_dump="dump.txt.gz", out=Path("caches/wiki"), limit=1000))
+from pipeline import EmbedConfig, embed
+embed(EmbedConfig(corpus="wiki", wiki_dump="dump.txt.gz", out=Path("caches/wiki"), limit=1000))
 """
 
 from typing import Any

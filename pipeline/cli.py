@@ -60,6 +60,9 @@ def embed(
     shard_rows: int = typer.Option(50_000, help="Roll over to a new shard after N rows."),
     shard_mb: int = typer.Option(256, help="... or after this many MB."),
     trust_remote_code: bool = typer.Option(False, help="Allow code from the teacher's repo."),
+    compile: bool = typer.Option(
+        False, "--compile", help="torch.compile the teacher: ~30 s start-up, ~20% faster."
+    ),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Stream a corpus through the teacher into a sharded, resumable Arrow cache."""
@@ -88,6 +91,7 @@ def embed(
         filters=FilterConfig(min_words=min_words, max_words=max_words, dedup=dedup),
         progress=progress,
         trust_remote_code=trust_remote_code,
+        compile=compile,
     )
     manifest = run_embed(cfg)
     t = manifest.totals

@@ -32,7 +32,7 @@ from cache.manifest import EMBEDDINGS_NAME, TOKENIZER_NAME
 from pipeline.corpus import CorpusSpec, CorpusStats, describe_corpus
 from pipeline.errors import PipelineError
 from pipeline.progress import EmbedProgress
-from pipeline.reader import RawWindow, ReadPlan, read_windows
+from pipeline.reader import ReadPlan, Window, read_windows
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
 from pipeline.teacher import Teacher
 
@@ -63,18 +63,7 @@ class EmbedConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     progress: bool = True
     trust_remote_code: bool = False
-
-
-@dataclass
-class Window:
-    """One window of the stream, tokenized."""
-
-    index: int
-    first_id: int
-    texts: list[str]
-    sources: list[str]
-    ids: list[list[int]]
-    truncated: list[bool]
+    compile: bool = False  # torch.compile the teacher: ~30 s up front, ~20% faster on CPU
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -114,7 +103,13 @@ def embed(cfg: EmbedConfig) -> Manifest:
     stream = itertools.chain([first], stream)
 
     teacher = Teacher(
-        cfg.teacher, cfg.poolings, cfg.max_length, cfg.dtype, cfg.device, cfg.trust_remote_code
+        cfg.teacher,
+        cfg.poolings,
+        cfg.max_length,
+        cfg.dtype,
+        cfg.device,
+        cfg.trust_remote_code,
+        compile=cfg.compile,
     )
     budget = cfg.token_budget or (32768 if teacher.device.type == "cuda" else 4096)
     budget = max(budget, cfg.max_length)
@@ -150,7 +145,16 @@ def embed(cfg: EmbedConfig) -> Manifest:
             _log(f"resuming {cfg.out} at window {start} ({writer.resumed_rows:,} rows kept)")
         t0 = time.monotonic()
         total = None if cfg.limit is None else -(-cfg.limit // world)
-        plan = ReadPlan(spec, cfg.filters, cfg.limit, cfg.window, start, rank, world)
+        plan = ReadPlan(
+            spec,
+            cfg.filters,
+            cfg.limit,
+            cfg.window,
+            start,
+            rank,
+            world,
+            teacher.tokenizer_json().decode(),
+        )
         with EmbedProgress(total, done=writer.resumed_rows, enabled=cfg.progress) as progress:
             stats = _run(read_windows(plan), teacher, writer, budget, cfg.normalize, progress)
         seconds = time.monotonic() - t0
@@ -172,26 +176,22 @@ def embed(cfg: EmbedConfig) -> Manifest:
 
 
 def _run(
-    windows: Iterator[RawWindow | CorpusStats],
+    windows: Iterator[Window | CorpusStats],
     teacher: Teacher,
     writer: CacheWriter,
     budget: int,
     normalize: bool,
     progress: EmbedProgress,
 ) -> CorpusStats:
-    """Tokenize and encode each window here; hand it to the writer thread, one in flight."""
+    """Encode each window here; hand it to the writer thread, one window in flight."""
     pending: Future[None] | None = None
     stats = CorpusStats()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as pool:
         try:
-            for raw in windows:
-                if isinstance(raw, CorpusStats):
-                    stats = raw
+            for window in windows:
+                if isinstance(window, CorpusStats):
+                    stats = window
                     continue
-                tok = teacher.tokenize(raw.texts)
-                window = Window(
-                    raw.index, raw.first_id, raw.texts, raw.sources, tok.ids, tok.truncated
-                )
                 table = _encode_window(window, teacher, budget, normalize, writer.schema)
                 if pending is not None:
                     pending.result()  # surfaces a write error (disk full) right away

@@ -64,7 +64,9 @@ def test_vectors_are_zero_copy_views(tmp_path: Path) -> None:
     c = open_cache(tmp_path / "c")
     v = c.vectors("mean", 0)
     assert v.shape == (6, DIM) and v.dtype == np.float32 and not v.flags.writeable
-    expected = np.array(pa.concat_tables([window_table(0, 3), window_table(3, 3)])["mean"].to_pylist())
+    expected = np.array(
+        pa.concat_tables([window_table(0, 3), window_table(3, 3)])["mean"].to_pylist()
+    )
     # Different object, same bytes, and backed by the memory-mapped file rather than a copy.
     np.testing.assert_array_equal(v, expected.reshape(6, DIM))
     assert v.base is not None
@@ -201,7 +203,9 @@ def test_bit_flip_is_caught_by_checksums(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
     report = verify_cache(tmp_path / "c")
-    assert not report.ok and any("shard-00000.arrow" in p and "sha256" in p for p in report.problems)
+    assert not report.ok and any(
+        "shard-00000.arrow" in p and "sha256" in p for p in report.problems
+    )
     with pytest.raises(CacheError, match="shard-00000.arrow fails its sha256"):
         open_cache(tmp_path / "c", checksums=True).read_shard(0)
     assert verify_cache_ok(tmp_path, "fresh")
@@ -237,9 +241,10 @@ def test_disk_full_keeps_complete_shards(tmp_path: Path, monkeypatch: pytest.Mon
         return real(p)
 
     monkeypatch.setattr(writer_mod, "sha256_file", full_on_second)
-    with pytest.raises(CacheError, match="disk full"), CacheWriter(
-        path, CONFIG, schema, shard_rows=6
-    ) as w:
+    with (
+        pytest.raises(CacheError, match="disk full"),
+        CacheWriter(path, CONFIG, schema, shard_rows=6) as w,
+    ):
         for k in range(5):
             w.write(window_table(3 * k, 3), k)
     assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "shard-00000.arrow"]

@@ -52,16 +52,32 @@ def test_embed_inspect_sql_verify(tmp_path: Path, tiny_bert: Path) -> None:
     cli("embed", "--corpus", str(corpus), "--out", str(out), "--teacher", str(tiny_bert), *TINY)
     summary = cli("inspect", str(out)).stdout
     assert "complete" in summary and "300" in summary and "mean" in summary
-    got = cli("sql", str(out), "SELECT count(*) AS n, avg(n_tokens) AS t FROM sentences",
-              "--format", "csv").stdout.splitlines()
+    got = cli(
+        "sql",
+        str(out),
+        "SELECT count(*) AS n, avg(n_tokens) AS t FROM sentences",
+        "--format",
+        "csv",
+    ).stdout.splitlines()
     assert got[0] == '"n","t"' and got[1].startswith("300,")
-    rows = cli("sql", str(out), "SELECT id, text FROM sentences ORDER BY id LIMIT 2",
-               "--format", "json").stdout.splitlines()
+    rows = cli(
+        "sql", str(out), "SELECT id, text FROM sentences ORDER BY id LIMIT 2", "--format", "json"
+    ).stdout.splitlines()
     assert [json.loads(r)["id"] for r in rows] == [0, 1]
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sql", str(out), "SELECT id FROM sentences",
-         "--format", "parquet"],
-        capture_output=True, env=os.environ | {"PYTHONPATH": str(REPO)}, check=True,
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "sql",
+            str(out),
+            "SELECT id FROM sentences",
+            "--format",
+            "parquet",
+        ],
+        capture_output=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        check=True,
     )
     (tmp_path / "q.parquet").write_bytes(proc.stdout)
     assert pq.read_table(tmp_path / "q.parquet").num_rows == 300
@@ -78,15 +94,44 @@ def test_embed_inspect_sql_verify(tmp_path: Path, tiny_bert: Path) -> None:
 
 def test_bad_input_is_one_line(tmp_path: Path, tiny_bert: Path) -> None:
     t = ["--teacher", str(tiny_bert), *TINY]
-    line = error_line(cli("embed", "--corpus", str(tmp_path / "no.txt"), "--out",
-                          str(tmp_path / "o"), *t, check=False))
+    line = error_line(
+        cli(
+            "embed",
+            "--corpus",
+            str(tmp_path / "no.txt"),
+            "--out",
+            str(tmp_path / "o"),
+            *t,
+            check=False,
+        )
+    )
     assert "no.txt" in line
-    line = error_line(cli("embed", "--corpus", "wiki", "--out", str(tmp_path / "o"), *t,
-                          check=False, env={"HF_DATASETS_OFFLINE": "1", "PIPELINE_WIKI_DUMP": ""}))
+    line = error_line(
+        cli(
+            "embed",
+            "--corpus",
+            "wiki",
+            "--out",
+            str(tmp_path / "o"),
+            *t,
+            check=False,
+            env={"HF_DATASETS_OFFLINE": "1", "PIPELINE_WIKI_DUMP": ""},
+        )
+    )
     assert "--wiki-dump" in line
     corpus = write_corpus(tmp_path / "c.txt", 20)
-    line = error_line(cli("embed", "--corpus", str(corpus), "--out", str(tmp_path / "o"),
-                          "--teacher", "nobody/none", check=False))
+    line = error_line(
+        cli(
+            "embed",
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(tmp_path / "o"),
+            "--teacher",
+            "nobody/none",
+            check=False,
+        )
+    )
     assert "cannot load teacher" in line
     assert not (tmp_path / "o").exists()
     (tmp_path / "f").write_text("x")
@@ -96,12 +141,24 @@ def test_bad_input_is_one_line(tmp_path: Path, tiny_bert: Path) -> None:
 
 def test_sigkill_then_resume_gives_the_uninterrupted_cache(tmp_path: Path, tiny_bert: Path) -> None:
     corpus = write_corpus(tmp_path / "c.txt", 6000)
-    args = ["--corpus", str(corpus), "--teacher", str(tiny_bert), "--window", "32",
-            "--shard-rows", "64", "--no-progress"]
+    args = [
+        "--corpus",
+        str(corpus),
+        "--teacher",
+        str(tiny_bert),
+        "--window",
+        "32",
+        "--shard-rows",
+        "64",
+        "--no-progress",
+    ]
     out = tmp_path / "killed"
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "embed", "--out", str(out), *args],
-                            env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "embed", "--out", str(out), *args],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -132,7 +189,9 @@ def test_disk_full_then_resume(tmp_path: Path, tiny_bert: Path) -> None:
 
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "embed", "--out", str(out), *args],
-        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
         preexec_fn=small_disk,
     )
     assert "disk full" in error_line(proc)
@@ -149,10 +208,25 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path, tiny_bert: Path) -> No
     args = ["--corpus", str(corpus), "--teacher", str(tiny_bert), *TINY]
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-port", "29517", "-m", "pipeline", "embed", "--out", str(tmp_path / "two"),
-         *args],
-        check=True, env=env, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "pipeline",
+            "embed",
+            "--out",
+            str(tmp_path / "two"),
+            *args,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
     )
     cli("embed", "--out", str(tmp_path / "one"), *args)
     two, one = open_cache(tmp_path / "two"), open_cache(tmp_path / "one")

@@ -81,9 +81,11 @@ def test_truncation_and_bad_bytes_are_flagged(tmp_path: Path, tiny_bert: Path) -
     long_sentence = " ".join(["water"] * 100) + "."
     corpus.write_bytes(
         b"The cat sat on the mat with the dog today.\n"
-        + long_sentence.encode() + b"\n"
+        + long_sentence.encode()
+        + b"\n"
         + b"A bad \xff\xfe byte is in this line of text.\n"
-        + b"x" * 1_000_000 + b"\n"
+        + b"x" * 1_000_000
+        + b"\n"
         + b"The red house by the river was small.\n"
     )
     run(corpus, tmp_path / "out", tiny_bert, max_length=16)

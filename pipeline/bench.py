@@ -1,0 +1,240 @@
+"""`pipeline bench embed`: stage one's speed, accuracy and memory, measured on real data.
+
+Every number is measured in this run on this machine:
+- `pipeline embed` (the real command, in a subprocess) on N Wikipedia sentences of the dump;
+- sentence-transformers' `SentenceTransformer(<same folder>).encode(batch_size=64)` on exactly
+  the sentences that landed in the cache, with the same max length;
+- cosine of the cache's vectors to sentence-transformers' fp32 output, and to our own fp32 run;
+- the teacher's useful FLOP/s (padding excluded) against a measured bf16/fp32 matmul peak;
+- peak RSS of `pipeline embed` at N and 4N sentences (shards small enough that both roll over).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cache import open_cache
+from pipeline.corpus import WIKI_DUMP_ENV
+from pipeline.errors import PipelineError
+from pipeline.teacher import Teacher, resolve_teacher
+
+
+def bench_embed(
+    wiki_dump: str | None, sentences: int, workdir: Path, memory: bool = True
+) -> dict[str, Any]:
+    dump = wiki_dump or os.environ.get(WIKI_DUMP_ENV)
+    if not dump or not Path(dump).exists():
+        raise PipelineError(
+            f"the benchmark needs a local WikiExtractor dump; pass --wiki-dump PATH "
+            f"(e.g. ../shared/data/wiki/enwiki_2015_wikiextractor_AA-AB.txt.gz), got {dump!r}"
+        )
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise PipelineError(
+            "the benchmark compares against sentence-transformers: pip install -e '.[bench]'"
+        ) from None
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = ["--corpus", "wiki", "--wiki-dump", dump, "--limit", str(sentences), "--overwrite"]
+
+    auto_wall = _run_embed([*base, "--out", str(workdir / "auto")])[0]
+    fp32_wall = _run_embed([*base, "--out", str(workdir / "fp32"), "--dtype", "fp32"])[0]
+    comp_wall = _run_embed([*base, "--out", str(workdir / "compiled"), "--compile"])[0]
+    auto, fp32 = open_cache(workdir / "auto"), open_cache(workdir / "fp32")
+    compiled = open_cache(workdir / "compiled")
+    texts, lengths, vec_auto = _read(auto)
+    _, _, vec_fp32 = _read(fp32)
+    _, _, vec_comp = _read(compiled)
+
+    model_dir = resolve_teacher(None)
+    st = SentenceTransformer(model_dir, device="cpu")
+    st.max_seq_length = auto.manifest.config["teacher"]["max_length"]
+    st.encode(texts[:64], batch_size=64)  # warm-up
+    t0 = time.perf_counter()
+    vec_st = st.encode(texts, batch_size=64, convert_to_numpy=True)
+    st_seconds = time.perf_counter() - t0
+    del st
+
+    teacher_cfg = auto.manifest.config["teacher"]
+    forward_seconds = _forward_only(auto, teacher_cfg)
+    flops = float(sum(_encoder_flops(int(n), teacher_cfg) for n in lengths))
+    totals = auto.manifest.totals
+    peak = _matmul_peak()
+    result: dict[str, Any] = {
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "sentences": len(texts),
+        "mean_tokens": round(float(np.mean(lengths)), 1),
+        "teacher": teacher_cfg["name"],
+        "dtype_auto": teacher_cfg["dtype"],
+        "pipeline_embed": {
+            "sentences_per_second_streaming": totals["sentences_per_second"],
+            "wall_seconds_including_startup": round(auto_wall, 1),
+            "fp32_sentences_per_second_streaming": fp32.manifest.totals["sentences_per_second"],
+            "fp32_wall_seconds_including_startup": round(fp32_wall, 1),
+            "compiled_sentences_per_second_streaming": compiled.manifest.totals[
+                "sentences_per_second"
+            ],
+            "compiled_wall_seconds_including_startup": round(comp_wall, 1),
+        },
+        "sentence_transformers_fp32_batch64": {
+            "sentences_per_second": round(len(texts) / st_seconds, 1),
+        },
+        "speedup_vs_sentence_transformers": round(
+            totals["sentences_per_second"] / (len(texts) / st_seconds), 2
+        ),
+        "speedup_vs_sentence_transformers_compiled": round(
+            compiled.manifest.totals["sentences_per_second"] / (len(texts) / st_seconds), 2
+        ),
+        "cosine": {
+            "auto_vs_sentence_transformers_min": _min_cos(vec_auto, vec_st),
+            "auto_vs_sentence_transformers_mean": _mean_cos(vec_auto, vec_st),
+            "fp32_vs_sentence_transformers_min": _min_cos(vec_fp32, vec_st),
+            "auto_vs_fp32_min": _min_cos(vec_auto, vec_fp32),
+            "compiled_vs_fp32_min": _min_cos(vec_comp, vec_fp32),
+        },
+        "flops": {
+            "useful_gflop_total": round(flops / 1e9, 1),
+            "teacher_forward_seconds": round(forward_seconds, 2),
+            "achieved_gflops_forward": round(flops / forward_seconds / 1e9, 1),
+            "achieved_gflops_end_to_end": round(
+                flops * totals["sentences_per_second"] / len(texts) / 1e9, 1
+            ),
+            "achieved_gflops_end_to_end_compiled": round(
+                flops * compiled.manifest.totals["sentences_per_second"] / len(texts) / 1e9, 1
+            ),
+            "matmul_peak_gflops": peak,
+        },
+    }
+    key = teacher_cfg["dtype"] if teacher_cfg["dtype"] in peak else "fp32"
+    f = result["flops"]
+    f["share_of_peak_forward"] = round(f["achieved_gflops_forward"] / peak[key], 3)
+    f["share_of_peak_end_to_end"] = round(f["achieved_gflops_end_to_end"] / peak[key], 3)
+    f["share_of_peak_end_to_end_compiled"] = round(
+        f["achieved_gflops_end_to_end_compiled"] / peak[key], 3
+    )
+    if memory:
+        result["peak_rss_mb"] = _memory(dump, sentences, workdir)
+    return result
+
+
+def _run_embed(args: list[str]) -> tuple[float, int]:
+    """Run the real CLI; returns (wall seconds, peak RSS in MB of the embed process)."""
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "embed", *args, "--no-progress"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise PipelineError(f"pipeline embed failed in the benchmark: {err.strip()[-300:]}")
+    return time.perf_counter() - t0, usage.ru_maxrss // 1024
+
+
+def _read(cache: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
+    table = cache.connect().sql("SELECT text, n_tokens, mean FROM sentences ORDER BY id")
+    t = table.to_arrow_table()
+    vecs = np.asarray(t["mean"].combine_chunks().values.to_numpy()).reshape(len(t), -1)
+    return t["text"].to_pylist(), t["n_tokens"].to_numpy(), vecs
+
+
+def _forward_only(cache: Any, teacher_cfg: dict[str, Any]) -> float:
+    """Seconds of teacher forward passes alone over the cache's token ids, same batching."""
+    from pipeline.embed import _encode_window
+    from pipeline.reader import Window
+
+    teacher = Teacher(None, ["mean"], teacher_cfg["max_length"], teacher_cfg["dtype"], "cpu")
+    table = cache.read_shard(0)
+    ids = [x for s in cache.shards for x in cache.read_shard(s, ["input_ids"])[0].to_pylist()]
+    texts = [""] * len(ids)
+    window = Window(0, 0, texts, texts, ids, [False] * len(ids))
+    _encode_window(
+        Window(0, 0, texts[:64], texts[:64], ids[:64], [False] * 64),
+        teacher,
+        4096,
+        False,
+        table.schema,
+    )  # warm-up
+    t0 = time.perf_counter()
+    _encode_window(window, teacher, 4096, False, table.schema)
+    return time.perf_counter() - t0
+
+
+def _encoder_flops(n: int, cfg: dict[str, Any]) -> float:
+    """Multiply-adds x 2 of one BERT layer stack over n tokens (no padding counted)."""
+    h = cfg["hidden_size"]
+    ffn = 4 * h  # BERT's intermediate size; exact for MiniLM and BERT-base
+    per_layer = 8 * n * h * h + 4 * n * h * ffn + 4 * n * n * h
+    return float(cfg["num_layers"] * per_layer)
+
+
+def _matmul_peak(size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Best-of-N GFLOP/s of a square matmul, the practical ceiling on this CPU."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = round(2 * size**3 / best / 1e9, 1)
+    return out
+
+
+def _memory(dump: str, sentences: int, workdir: Path) -> dict[str, int]:
+    args = [
+        "--corpus",
+        "wiki",
+        "--wiki-dump",
+        dump,
+        "--overwrite",
+        "--shard-rows",
+        "2048",
+        "--window",
+        "1024",
+    ]
+    small = _run_embed([*args, "--limit", str(sentences), "--out", str(workdir / "mem1")])[1]
+    large = _run_embed([*args, "--limit", str(4 * sentences), "--out", str(workdir / "mem4")])[1]
+    return {f"{sentences}_sentences": small, f"{4 * sentences}_sentences": large}
+
+
+def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
+    return round(float(_cos(a, b).min()), 6)
+
+
+def _mean_cos(a: np.ndarray, b: np.ndarray) -> float:
+    return round(float(_cos(a, b).mean()), 6)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
