@@ -29,7 +29,7 @@ from pipeline.teacher import Teacher, resolve_teacher
 
 
 def bench_embed(
-    wiki_dump: str | None, sentences: int, workdir: Path, memory: bool = True
+    wiki_dump: str | None, sentences: int, workdir: Path, memory_sentences: int = 4000
 ) -> dict[str, Any]:
     dump = wiki_dump or os.environ.get(WIKI_DUMP_ENV)
     if not dump or not Path(dump).exists():
@@ -81,8 +81,12 @@ def bench_embed(
             "wall_seconds_including_startup": round(auto_wall, 1),
             "fp32_sentences_per_second_streaming": fp32.manifest.totals["sentences_per_second"],
             "fp32_wall_seconds_including_startup": round(fp32_wall, 1),
+            "sentences_per_second_after_first_window": totals["steady_sentences_per_second"],
             "compiled_sentences_per_second_streaming": compiled.manifest.totals[
                 "sentences_per_second"
+            ],
+            "compiled_sentences_per_second_after_first_window": compiled.manifest.totals[
+                "steady_sentences_per_second"
             ],
             "compiled_wall_seconds_including_startup": round(comp_wall, 1),
         },
@@ -92,8 +96,8 @@ def bench_embed(
         "speedup_vs_sentence_transformers": round(
             totals["sentences_per_second"] / (len(texts) / st_seconds), 2
         ),
-        "speedup_vs_sentence_transformers_compiled": round(
-            compiled.manifest.totals["sentences_per_second"] / (len(texts) / st_seconds), 2
+        "speedup_vs_sentence_transformers_compiled_after_first_window": round(
+            compiled.manifest.totals["steady_sentences_per_second"] / (len(texts) / st_seconds), 2
         ),
         "cosine": {
             "auto_vs_sentence_transformers_min": _min_cos(vec_auto, vec_st),
@@ -109,8 +113,9 @@ def bench_embed(
             "achieved_gflops_end_to_end": round(
                 flops * totals["sentences_per_second"] / len(texts) / 1e9, 1
             ),
-            "achieved_gflops_end_to_end_compiled": round(
-                flops * compiled.manifest.totals["sentences_per_second"] / len(texts) / 1e9, 1
+            "achieved_gflops_compiled_after_first_window": round(
+                flops * compiled.manifest.totals["steady_sentences_per_second"] / len(texts) / 1e9,
+                1,
             ),
             "matmul_peak_gflops": peak,
         },
@@ -119,11 +124,11 @@ def bench_embed(
     f = result["flops"]
     f["share_of_peak_forward"] = round(f["achieved_gflops_forward"] / peak[key], 3)
     f["share_of_peak_end_to_end"] = round(f["achieved_gflops_end_to_end"] / peak[key], 3)
-    f["share_of_peak_end_to_end_compiled"] = round(
-        f["achieved_gflops_end_to_end_compiled"] / peak[key], 3
+    f["share_of_peak_compiled_after_first_window"] = round(
+        f["achieved_gflops_compiled_after_first_window"] / peak[key], 3
     )
-    if memory:
-        result["peak_rss_mb"] = _memory(dump, sentences, workdir)
+    if memory_sentences:
+        result["peak_rss_mb"] = _memory(dump, memory_sentences, workdir)
     return result
 
 

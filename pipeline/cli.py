@@ -162,18 +162,20 @@ def verify(cache: Path = typer.Argument(..., help="Cache directory.")) -> None:
 @bench_app.command(
     "embed",
     epilog="Example: pipeline bench embed --wiki-dump "
-    "../shared/data/wiki/enwiki_2015_wikiextractor_AA-AB.txt.gz --sentences 4000",
+    "../shared/data/wiki/enwiki_2015_wikiextractor_AA-AB.txt.gz --sentences 12000",
 )
 def bench_embed(
     wiki_dump: str | None = typer.Option(None, help="WikiExtractor dump [$PIPELINE_WIKI_DUMP]."),
-    sentences: int = typer.Option(4000, help="Sentences to embed."),
+    sentences: int = typer.Option(12000, help="Sentences to embed (>= 4000)."),
     workdir: Path = typer.Option(Path("caches/bench"), help="Scratch folder for the caches."),
-    memory: bool = typer.Option(True, help="Also compare peak memory at 1x and 4x sentences."),
+    memory_sentences: int = typer.Option(
+        4000, help="Compare peak memory at this many and 4x as many sentences (0: skip)."
+    ),
 ) -> None:
     """pipeline embed vs sentence-transformers on the same sentences, and FLOP/s vs peak."""
     from pipeline.bench import bench_embed as run
 
-    print(json.dumps(run(wiki_dump, sentences, workdir, memory), indent=2))
+    print(json.dumps(run(wiki_dump, sentences, workdir, memory_sentences), indent=2))
 
 
 def _cell(value: object) -> str:

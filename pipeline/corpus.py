@@ -440,7 +440,7 @@ def _read_jsonl(
             fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
             raise PipelineError(
                 f"{where} has no field {text_field!r} (it has: {fields}); "
-                "set text_field to the field that holds the text"
+                "pass --text-field with the field that holds the text"
             )
         value = record[text_field]
         if value is None:
@@ -448,7 +448,7 @@ def _read_jsonl(
         if not isinstance(value, str):
             raise PipelineError(
                 f"{where} field {text_field!r} is {type(value).__name__}, not text; "
-                "set text_field to a string field"
+                "pass --text-field with a string field"
             )
         source = f"{file.label}:{lineno}"
         yield from _record_paragraphs(_clean_text(value, stats), source, stats, max_line_chars)
@@ -471,7 +471,7 @@ def _read_parquet(
     if text_field not in columns:
         raise PipelineError(
             f"{file.path} has no column {text_field!r} (it has: {', '.join(columns)}); "
-            "set text_field to the column that holds the text"
+            "pass --text-field with the column that holds the text"
         )
     row = 0
     # Record batches keep memory at one batch, however large the file.
@@ -485,7 +485,7 @@ def _read_parquet(
             elif not isinstance(value, str):
                 raise PipelineError(
                     f"{file.path} column {text_field!r} holds {type(value).__name__}, not text; "
-                    "set text_field to a string column"
+                    "pass --text-field with a string column"
                 )
             yield from _record_paragraphs(value, f"{file.label}:{row}", stats, max_line_chars)
 
@@ -558,7 +558,7 @@ def _read_hf(
         if text_field not in row:
             raise PipelineError(
                 f"dataset {resolved.name!r} has no field {text_field!r} (it has: "
-                f"{', '.join(row)}); set text_field to the field that holds the text"
+                f"{', '.join(row)}); pass --text-field with the field that holds the text"
             )
         value = row[text_field]
         if value is None:
@@ -566,7 +566,7 @@ def _read_hf(
         if not isinstance(value, str):
             raise PipelineError(
                 f"dataset {resolved.name!r} field {text_field!r} is {type(value).__name__}, "
-                "not text; set text_field to a string field"
+                "not text; pass --text-field with a string field"
             )
         source = f"{label}:{resolved.split}:{index}"
         yield from _record_paragraphs(value, source, stats, max_line_chars)

@@ -91,16 +91,13 @@ def embed(cfg: EmbedConfig) -> Manifest:
 
     spec = CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field)
     stats = CorpusStats()
-    stream = iter_sentences(spec, cfg.filters, cfg.limit, stats)
     # Pull one sentence now: a missing, empty or unreachable corpus fails before the teacher
-    # loads and before the output directory is touched.
-    first = next(stream, None)
-    if first is None:
+    # loads and before the output directory is touched. The reader process streams it again.
+    if next(iter_sentences(spec, cfg.filters, cfg.limit, stats), None) is None:
         raise PipelineError(
             f"corpus {cfg.corpus!r} gave no sentences after filtering "
             f"({_stats_line(stats)}); check the path, --text-field and the length filters"
         )
-    stream = itertools.chain([first], stream)
 
     teacher = Teacher(
         cfg.teacher,
@@ -165,6 +162,7 @@ def embed(cfg: EmbedConfig) -> Manifest:
                 "tokens_this_run": progress.tokens,
                 "seconds_this_run": round(seconds, 2),
                 "sentences_per_second": round(sps, 1),
+                "steady_sentences_per_second": round(progress.steady_rate or sps, 1),
                 "tokens_per_second": round(tps, 1),
                 "device": str(teacher.device),
                 "corpus": stats.as_dict(),

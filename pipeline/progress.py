@@ -31,6 +31,9 @@ class EmbedProgress:
         self.enabled = enabled
         self._start = time.monotonic()
         self._new = 0  # sentences embedded by this run, for rates
+        # The first window carries one-off costs (reader start, kernel selection, compilation);
+        # the steady rate after it is what a long run achieves.
+        self._warm: tuple[float, int] | None = None
         self._last_log = self._start
         self._console = Console(stderr=True)
         self._rich: Progress | None = None
@@ -68,9 +71,18 @@ class EmbedProgress:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         return self._new / elapsed, self.tokens / elapsed
 
+    @property
+    def steady_rate(self) -> float | None:
+        if self._warm is None or self._new == self._warm[1]:
+            return None
+        elapsed = max(time.monotonic() - self._warm[0], 1e-9)
+        return (self._new - self._warm[1]) / elapsed
+
     def update(self, sentences: int = 0, tokens: int = 0, shards: int | None = None) -> None:
         self.sentences += sentences
         self._new += sentences
+        if self._warm is None:
+            self._warm = (time.monotonic(), self._new)
         self.tokens += tokens
         if shards is not None:
             self.shards = shards

@@ -14,9 +14,10 @@ WIKI_DUMP = SHARED_DATA / "wiki" / "enwiki_2015_wikiextractor_AA-AB.txt.gz"
 
 WORDS = (
     "the a an of and to in is was for on that with as by it at from his her this be are were "
-    "which or have had not but one first new two their its after who also has been city world "
-    "year war state music film people time may all more other such some only into over most "
-    "sentence cat dog sat mat ran fast slow red blue green house tree river water small large"
+    "which or have had not but one first new two their its after who also has been city "
+    "world year war state music film people time may all more other such some only into over "
+    "most sentence cat dog sat mat ran fast slow red blue green house tree river water small "
+    "large"
 ).split()
 
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from cache import open_cache
 from tests.conftest import REPO, write_corpus
