@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cache import CacheError
+from pipeline.cli_train import register as register_stage_two
 from pipeline.errors import PipelineError
 
 app = typer.Typer(
@@ -176,6 +177,10 @@ def bench_embed(
     from pipeline.bench import bench_embed as run
 
     print(json.dumps(run(wiki_dump, sentences, workdir, memory_sentences), indent=2))
+
+
+# Stage two (train, report, eval-sts) lives in its own module: it never imports transformers.
+register_stage_two(app)
 
 
 def _cell(value: object) -> str:

@@ -1,0 +1,180 @@
+"""Stage-two commands: `pipeline train`, `pipeline report`, `pipeline eval-sts`.
+
+Plain typer-annotated functions, registered on the main app by `register(app)`. Everything
+heavy is imported inside the commands, and nothing here (or in `student/`) imports
+`transformers`: stage two runs without the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from cache import CacheError
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Bad input ends as one `error:` line and exit status 1, as in the other commands."""
+    from student.errors import StudentError
+
+    try:
+        yield
+    except (StudentError, CacheError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def train(
+    cache: Path = typer.Option(..., help="Stage-one cache directory (pipeline embed --out)."),
+    out: Path = typer.Option(..., help="Run folder: checkpoints, metrics, the final student."),
+    pooling: str = typer.Option("mean", help="Teacher vectors to approximate (a cache column)."),
+    epochs: int | None = typer.Option(
+        None, help="Passes over the cache (default: 1, or as many as --max-steps needs)."
+    ),
+    max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps."),
+    batch_size: int = typer.Option(256, help="Most sentences per batch."),
+    token_budget: int = typer.Option(8192, help="Most padded tokens per batch."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW)."),
+    seed: int = typer.Option(0, help="Seed for init, dropout and batch order."),
+    init_embeddings: str = typer.Option(
+        "teacher", help="teacher (PCA of the teacher's token embeddings) | random."
+    ),
+    hidden_size: int = typer.Option(300, help="LSTM hidden size per direction."),
+    embedding_dim: int = typer.Option(300, help="Student token-embedding size."),
+    layers: int = typer.Option(1, help="Stacked BiLSTM layers."),
+    student_pooling: str = typer.Option("max", help="max | mean | max+mean over LSTM states."),
+    dropout: float = typer.Option(0.1, help="Dropout on token embeddings (and between layers)."),
+    val_fraction: float = typer.Option(0.01, help="Rows held out for validation (by id hash)."),
+    val_max_rows: int = typer.Option(2000, help="Validate on at most this many held-out rows."),
+    cos_weight: float = typer.Option(0.0, help="Loss = MSE + W * (1 - cosine to the teacher)."),
+    normalize_targets: bool = typer.Option(
+        False, help="Train on unit-length teacher vectors (cosine geometry only)."
+    ),
+    warmup: float = typer.Option(0.03, help="Share of the steps spent warming up linearly."),
+    decay: str = typer.Option("cosine", help="cosine | linear | constant, down to lr/10."),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay on matrices."),
+    grad_clip: float = typer.Option(1.0, help="Clip the gradient norm to this."),
+    bf16: bool | None = typer.Option(
+        None, "--bf16/--no-bf16", help="bf16 autocast (default: where the hardware has bf16)."
+    ),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    workers: int = typer.Option(0, help="DataLoader worker processes per rank (0: in-process)."),
+    shuffle_buffer: int = typer.Option(100_000, help="Rows shuffled and length-sorted together."),
+    eval_every: int = typer.Option(500, help="Validate every N steps (and at the end)."),
+    checkpoint_every: int = typer.Option(500, help="Checkpoint every N steps (0: never)."),
+    log_every: int = typer.Option(10, help="Write a metrics line every N steps."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace a different run in --out."),
+    progress: bool = typer.Option(True, help="Show progress."),
+) -> None:
+    """Train the BiLSTM student on a cache's token ids and teacher vectors (no teacher loaded)."""
+    from student.train import TrainConfig
+    from student.train import train as run_train
+
+    cfg = TrainConfig(
+        cache=cache,
+        out=out,
+        pooling=pooling,
+        hidden_size=hidden_size,
+        embedding_dim=embedding_dim,
+        layers=layers,
+        student_pooling=student_pooling,
+        dropout=dropout,
+        init_embeddings=init_embeddings,
+        batch_size=batch_size,
+        token_budget=token_budget,
+        shuffle_buffer=shuffle_buffer,
+        val_fraction=val_fraction,
+        val_max_rows=val_max_rows,
+        workers=workers,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        warmup=warmup,
+        decay=decay,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        cos_weight=cos_weight,
+        normalize_targets=normalize_targets,
+        bf16=bf16,
+        seed=seed,
+        device=device,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    with _one_line_errors():
+        run_train(cfg)
+
+
+def report(run: Path = typer.Argument(..., help="Run folder written by pipeline train.")) -> None:
+    """Plot training loss and validation fidelity; write RUN/report.md."""
+    from student.report import write_report
+
+    with _one_line_errors():
+        path = write_report(run)
+    print(path)
+
+
+def eval_sts(
+    student: Path = typer.Option(..., help="Student folder (a pipeline train run)."),
+    data: Path = typer.Option(..., help="TSV with sentence1, sentence2, score columns (STS-B)."),
+    teacher_cache: Path | None = typer.Option(
+        None, help="Cache of the same sentences: also score the teacher, from its vectors."
+    ),
+    pooling: str | None = typer.Option(
+        None, help="Teacher vectors in --teacher-cache (default: the student's teacher pooling)."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+    batch_size: int = typer.Option(256, help="Sentences per student batch."),
+) -> None:
+    """Spearman and Pearson of cosine similarity against gold scores (STS-B style)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from student.sts import evaluate_sts
+
+    with _one_line_errors():
+        result = evaluate_sts(
+            student, data, teacher_cache=teacher_cache, pooling=pooling, batch_size=batch_size
+        )
+    table = Table(title=f"{data.name}: {result['pairs']:,} pairs")
+    for name in ("model", "pairs", "spearman", "pearson"):
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in result["rows"]:
+        table.add_row(
+            row["model"], f"{row['pairs']:,}", f"{row['spearman']:.4f}", f"{row['pearson']:.4f}"
+        )
+    Console().print(table)
+    for note in result.get("notes", []):
+        print(note, file=sys.stderr)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+COMMANDS: list[tuple[str, Callable[..., None], str]] = [
+    ("train", train, "Example: pipeline train --cache caches/wiki-minilm --out runs/sra-minilm"),
+    ("report", report, "Example: pipeline report runs/sra-minilm"),
+    (
+        "eval-sts",
+        eval_sts,
+        "Example: pipeline eval-sts --student runs/sra-minilm --data "
+        "../shared/data/glue/STS-B/dev.tsv --teacher-cache caches/stsb-minilm",
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the stage-two commands to the `pipeline` app."""
+    for name, fn, epilog in COMMANDS:
+        app.command(name, epilog=epilog)(fn)

@@ -1,0 +1,448 @@
+"""Training batches straight from a stage-one cache: token ids in, teacher vectors as targets.
+
+Only the cache is read, shard by shard through memory maps, so memory stays flat however big
+the cache is. One epoch, for one process:
+
+1. The shards are shuffled (seed + epoch), laid end to end and cut into equal row ranges, one
+   per *stream*. A stream is what one DataLoader worker of one rank reads (``world_size *
+   max(1, workers)`` streams in all), so ranks and workers read disjoint rows and get about
+   the same number of them, even when there are fewer shards than streams.
+2. A stream walks its rows in groups of about ``shuffle_buffer`` rows (a bounded shuffle
+   buffer: only row references are held). A group is shuffled, sorted by token length and cut
+   into batches by a token budget, preferring batches whose rows all have the same length (no
+   padding, and the LSTM's fast unpacked path), then the batches are shuffled.
+3. Rows whose ``id`` hashes below a threshold are held out for validation, wherever they sit.
+
+Everything is a pure function of (seed, epoch, stream layout), so a resumed run can skip to
+its exact position: ``set_epoch(epoch, DataPosition)`` skips batches without building them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from cache import Cache, CacheError
+
+# Fibonacci hashing: id * 2**64/phi mod 2**64 spreads consecutive ids evenly over [0, 2**64),
+# so "hash below a threshold" picks an even, layout-independent sprinkle of rows.
+HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+HASH_SPACE = 1 << 64
+
+# A run of equal-length rows shorter than a full batch still gets its own (padding-free) batch
+# when it holds at least this share of a full batch; smaller runs join mixed-length batches.
+UNIFORM_SHARE = 0.1
+
+_REF_SHIFT = 32  # a row reference packs (shard, row) into one int64: shard << 32 | row
+
+
+def id_hash(ids: np.ndarray) -> np.ndarray:
+    """The split hash of each id (uint64; multiplication wraps mod 2**64)."""
+    return np.asarray(ids).astype(np.uint64) * HASH_MULTIPLIER
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How batches are cut from the cache; every field changes which batches a run sees."""
+
+    pooling: str = "mean"
+    token_budget: int = 8192  # padded tokens (rows * longest row) per batch
+    batch_size: int = 256  # most rows per batch
+    shuffle_buffer: int = 100_000  # rows shuffled and length-sorted together
+    val_fraction: float = 0.01
+    val_min_rows: int = 8
+    val_max_rows: int = 2000  # validation is measured on at most this many held-out rows
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("token_budget", "batch_size", "shuffle_buffer", "val_max_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Held-out rows are those with ``id_hash(id) < threshold``; validation measures the
+    (smaller or equal) set below ``eval_threshold``. Both depend only on the set of ids."""
+
+    threshold: int
+    eval_threshold: int
+    held_out: int  # rows below threshold
+    evaluated: int  # rows below eval_threshold
+    total: int
+
+    @property
+    def train_rows(self) -> int:
+        return self.total - self.held_out
+
+    def held_out_mask(self, ids: np.ndarray) -> np.ndarray:
+        return id_hash(ids) < np.uint64(min(self.threshold, HASH_SPACE - 1))
+
+    def eval_mask(self, ids: np.ndarray) -> np.ndarray:
+        return id_hash(ids) < np.uint64(min(self.eval_threshold, HASH_SPACE - 1))
+
+
+def compute_split(cache: Cache, cfg: DataConfig) -> Split:
+    """Scan the ``id`` column once (a few bytes a row) to fix the held-out thresholds.
+
+    The threshold is ``val_fraction`` of the hash space, raised if needed so at least
+    ``val_min_rows`` rows are held out; validation uses the ``val_max_rows`` smallest hashes of
+    those. Reading every shard here also surfaces a missing or truncated shard before training.
+    """
+    total = cache.num_rows
+    if cfg.val_fraction == 0:
+        return Split(0, 0, 0, 0, total)
+    k = max(cfg.val_min_rows, cfg.val_max_rows)
+    smallest = np.empty(0, dtype=np.uint64)
+    for shard in range(len(cache.shards)):
+        h = id_hash(cache.read_shard(shard, ["id"]).column(0).to_numpy())
+        if len(h) > k:
+            h = np.partition(h, k - 1)[:k]
+        smallest = np.sort(np.concatenate([smallest, h]))[:k]
+    threshold = int(cfg.val_fraction * HASH_SPACE)
+    # Never hold out more than half the cache, however small it is.
+    min_rows = min(cfg.val_min_rows, total // 2)
+    if min_rows and len(smallest) >= min_rows:
+        threshold = max(threshold, int(smallest[min_rows - 1]) + 1)
+    eval_threshold = threshold
+    if len(smallest) >= cfg.val_max_rows:
+        eval_threshold = min(threshold, int(smallest[cfg.val_max_rows - 1]) + 1)
+    held_out = evaluated = 0
+    split = Split(threshold, eval_threshold, 0, 0, total)
+    for shard in range(len(cache.shards)):
+        ids = cache.read_shard(shard, ["id"]).column(0).to_numpy()
+        held_out += int(split.held_out_mask(ids).sum())
+        evaluated += int(split.eval_mask(ids).sum())
+    return Split(threshold, eval_threshold, held_out, evaluated, total)
+
+
+def plan_batches(
+    lengths: np.ndarray, token_budget: int, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Cut rows into batches: indices into ``lengths``, in a shuffled batch order.
+
+    Rows are sorted by length (stably, so the incoming order breaks ties). Each run of equal
+    length gives full batches of ``min(batch_size, token_budget // length)`` rows, and a
+    leftover of at least ``UNIFORM_SHARE`` of that is a batch of its own: batches without
+    padding are about twice as fast in the LSTM. Smaller leftovers are pooled, in length
+    order, into mixed batches whose padded size (rows * longest) stays within the budget.
+    """
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    runs = np.split(order, np.flatnonzero(np.diff(sorted_lengths)) + 1)
+    batches: list[np.ndarray] = []
+    pool: list[int] = []
+    for run in runs:
+        if not len(run):
+            continue
+        length = max(1, int(lengths[run[0]]))
+        cap = max(1, min(batch_size, token_budget // length))
+        full = len(run) // cap * cap
+        batches.extend(run[i : i + cap] for i in range(0, full, cap))
+        rest = run[full:]
+        if len(rest) and len(rest) >= UNIFORM_SHARE * cap:
+            batches.append(rest)
+            continue
+        for index in rest.tolist():
+            # Rows arrive in ascending length, so this row is the batch's longest.
+            if pool and ((len(pool) + 1) * length > token_budget or len(pool) >= batch_size):
+                batches.append(np.array(pool, dtype=np.int64))
+                pool = []
+            pool.append(index)
+    if pool:
+        batches.append(np.array(pool, dtype=np.int64))
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+@dataclass
+class Batch:
+    """One training batch: padded ids, true lengths, teacher vectors, and where it came from."""
+
+    input_ids: torch.Tensor  # [B, L] int64, L = longest row
+    lengths: torch.Tensor  # [B] int64
+    targets: torch.Tensor  # [B, dim] float32
+    stream: int = 0  # the stream (worker) of this rank that produced it
+    index: int = 0  # its position in that stream this epoch
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def to(self, device: torch.device) -> Batch:
+        nb = device.type == "cuda"
+        return Batch(
+            self.input_ids.to(device, non_blocking=nb),
+            self.lengths,  # the model wants lengths on the CPU anyway
+            self.targets.to(device, non_blocking=nb),
+            self.stream,
+            self.index,
+        )
+
+
+@dataclass
+class DataPosition:
+    """How far a rank got into an epoch: batches taken from each stream, and whose turn is
+    next (the DataLoader takes batches from its workers round-robin)."""
+
+    consumed: list[int] = field(default_factory=list)
+    next_stream: int = 0
+
+    def advance(self, batch: Batch, streams: int) -> None:
+        if len(self.consumed) < streams:
+            self.consumed += [0] * (streams - len(self.consumed))
+        self.consumed[batch.stream] = batch.index + 1
+        self.next_stream = (batch.stream + 1) % streams
+
+
+class ShardRows:
+    """Zero-copy numpy views of the columns training needs, for a few recently used shards."""
+
+    def __init__(self, cache: Cache, pooling: str, keep: int = 8) -> None:
+        self.cache = cache
+        self.pooling = pooling
+        self.keep = keep
+        self._open: OrderedDict[int, tuple[np.ndarray, ...]] = OrderedDict()
+
+    def get(self, shard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets, token values, n_tokens, vectors) of one shard."""
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard]  # type: ignore[return-value]
+        ids = self.cache.read_shard(shard, ["input_ids"]).column(0).combine_chunks()
+        offsets = ids.offsets.to_numpy()
+        values = ids.values.to_numpy()
+        n_tokens = np.diff(offsets).astype(np.int64)
+        entry = (offsets, values, n_tokens, self.cache.vectors(self.pooling, shard))
+        self._open[shard] = entry
+        while len(self._open) > self.keep:
+            self._open.popitem(last=False)
+        return entry
+
+    def lengths(self, shard: int) -> np.ndarray:
+        return self.get(shard)[2]
+
+    def batch(self, refs: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Padded ids [B, L], lengths [B], targets [B, dim] for packed row references."""
+        shards = refs >> _REF_SHIFT
+        rows = refs & ((1 << _REF_SHIFT) - 1)
+        lengths = np.empty(len(refs), dtype=np.int64)
+        starts = np.empty(len(refs), dtype=np.int64)
+        targets: np.ndarray | None = None
+        values_by_shard: dict[int, np.ndarray] = {}
+        for shard in np.unique(shards).tolist():
+            sel = shards == shard
+            offsets, values, _, vectors = self.get(shard)
+            r = rows[sel]
+            starts[sel] = offsets[r]
+            lengths[sel] = offsets[r + 1] - offsets[r]
+            if targets is None:
+                targets = np.empty((len(refs), vectors.shape[1]), dtype=np.float32)
+            targets[sel] = vectors[r]
+            values_by_shard[shard] = values
+        assert targets is not None
+        width = max(1, int(lengths.max()))
+        positions = starts[:, None] + np.arange(width)[None, :]
+        valid = np.arange(width)[None, :] < lengths[:, None]
+        ids = np.full((len(refs), width), pad_id, dtype=np.int64)
+        for shard, values in values_by_shard.items():
+            sel = (shards == shard)[:, None] & valid
+            ids[sel] = values[positions[sel]]
+        return ids, lengths, targets
+
+
+def _split_range(start: int, stop: int, parts: int, index: int) -> tuple[int, int]:
+    size = stop - start
+    return start + size * index // parts, start + size * (index + 1) // parts
+
+
+class TrainData(IterableDataset):
+    """The training rows of one rank as an iterable of ``Batch``; use with a DataLoader with
+    ``batch_size=None`` (batches are already formed) and ``workers`` worker processes.
+
+    Call ``set_epoch`` before iterating. With workers, the DataLoader interleaves its workers'
+    batches round-robin starting at worker 0; ``set_epoch(epoch, position)`` rotates which
+    stream each worker reads so that a resumed run continues that interleaving exactly.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        cfg: DataConfig,
+        split: Split,
+        *,
+        pad_id: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.cache = cache
+        self.cfg = cfg
+        self.split = split
+        self.pad_id = pad_id
+        self.rank = rank
+        self.world_size = world_size
+        self.streams = max(1, workers)
+        self.epoch = 0
+        self.position = DataPosition([0] * self.streams, 0)
+        self._rows: ShardRows | None = None
+
+    @property
+    def rows(self) -> ShardRows:
+        # Opened lazily, so each DataLoader worker maps the shards itself.
+        if self._rows is None:
+            self._rows = ShardRows(self.cache, self.cfg.pooling)
+        return self._rows
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_rows": None}
+
+    def set_epoch(self, epoch: int, position: DataPosition | None = None) -> None:
+        self.epoch = epoch
+        position = position or DataPosition()
+        consumed = list(position.consumed) + [0] * (self.streams - len(position.consumed))
+        self.position = DataPosition(consumed[: self.streams], position.next_stream % self.streams)
+
+    # -- the plan: which rows, in which batches, for one stream ----------------------------
+
+    def _stream_ranges(self, stream: int) -> list[tuple[int, int, int]]:
+        """(shard, start, stop) row ranges of one stream of this rank, this epoch."""
+        seed = int(np.random.SeedSequence([self.cfg.seed, self.epoch]).generate_state(1)[0])
+        order = self.cache.shard_order(shuffle=True, seed=seed)
+        sizes = [self.cache.shards[i].rows for i in order]
+        ends = np.cumsum([0, *sizes])
+        # Equal row ranges of the shuffled shards laid end to end: first split among ranks,
+        # then among this rank's streams, so a rank's rows do not depend on its worker count.
+        lo, hi = _split_range(0, int(ends[-1]), self.world_size, self.rank)
+        lo, hi = _split_range(lo, hi, self.streams, stream)
+        ranges = []
+        for shard, first, last in zip(order, ends[:-1], ends[1:], strict=True):
+            a, b = max(lo, int(first)), min(hi, int(last))
+            if a < b:
+                ranges.append((shard, a - int(first), b - int(first)))
+        return ranges
+
+    def _groups(self, stream: int) -> Iterator[np.ndarray]:
+        """Packed references to the training rows of a stream, one shuffle buffer at a time."""
+        pending: list[np.ndarray] = []
+        size = 0
+        for shard, start, stop in self._stream_ranges(stream):
+            ids = self.cache.read_shard(shard, ["id"]).column(0).to_numpy()[start:stop]
+            rows = np.arange(start, stop, dtype=np.int64)[~self.split.held_out_mask(ids)]
+            pending.append((np.int64(shard) << _REF_SHIFT) | rows)
+            size += len(rows)
+            if size >= self.cfg.shuffle_buffer:
+                yield np.concatenate(pending)
+                pending, size = [], 0
+        if size:
+            yield np.concatenate(pending)
+
+    def plan(self, stream: int) -> Iterator[np.ndarray]:
+        """The batches (packed row references) of one stream this epoch, in order."""
+        for g, refs in enumerate(self._groups(stream)):
+            rng = np.random.default_rng([self.cfg.seed, self.epoch, self.rank, stream, g])
+            refs = refs[rng.permutation(len(refs))]
+            shards = refs >> _REF_SHIFT
+            lengths = np.empty(len(refs), dtype=np.int64)
+            in_group = np.unique(shards).tolist()
+            # Keep every shard of the group mapped: its batches draw rows from all of them.
+            self.rows.keep = max(self.rows.keep, len(in_group) + 1)
+            for shard in in_group:
+                sel = shards == shard
+                lengths[sel] = self.rows.lengths(shard)[refs[sel] & ((1 << _REF_SHIFT) - 1)]
+            for batch in plan_batches(lengths, self.cfg.token_budget, self.cfg.batch_size, rng):
+                yield refs[batch]
+
+    def num_batches(self) -> int:
+        """Batches this rank yields this epoch (plans only; nothing is gathered)."""
+        return sum(sum(1 for _ in self.plan(s)) for s in range(self.streams))
+
+    # -- iteration --------------------------------------------------------------------------
+
+    def _stream_batches(self, stream: int) -> Iterator[Batch]:
+        skip = self.position.consumed[stream]
+        for index, refs in enumerate(self.plan(stream)):
+            if index < skip:
+                continue
+            ids, lengths, targets = self.rows.batch(refs, self.pad_id)
+            yield Batch(
+                torch.from_numpy(ids),
+                torch.from_numpy(lengths),
+                torch.from_numpy(targets),
+                stream,
+                index,
+            )
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        if info is not None:
+            if info.num_workers != self.streams:
+                raise RuntimeError(
+                    f"TrainData was built for {self.streams} workers, DataLoader has "
+                    f"{info.num_workers}"
+                )
+            # Rotate so DataLoader's round-robin (which starts at worker 0) resumes with the
+            # stream whose turn it was.
+            yield from self._stream_batches((info.id + self.position.next_stream) % self.streams)
+            return
+        # In-process: the round-robin over streams that DataLoader does over its workers.
+        order = [(self.position.next_stream + i) % self.streams for i in range(self.streams)]
+        live = {s: self._stream_batches(s) for s in order}
+        while live:
+            for stream in list(live):
+                batch = next(live[stream], None)
+                if batch is None:
+                    del live[stream]
+                else:
+                    yield batch
+
+
+def validation_batches(cache: Cache, cfg: DataConfig, split: Split, pad_id: int = 0) -> list[Batch]:
+    """The evaluated held-out rows, length-sorted into batches, built once (bounded by
+    ``val_max_rows``)."""
+    if split.evaluated == 0:
+        return []
+    refs = []
+    for shard in range(len(cache.shards)):
+        ids = cache.read_shard(shard, ["id"]).column(0).to_numpy()
+        rows = np.flatnonzero(split.eval_mask(ids)).astype(np.int64)
+        refs.append((np.int64(shard) << _REF_SHIFT) | rows)
+    all_refs = np.concatenate(refs)
+    rows_reader = ShardRows(cache, cfg.pooling)
+    lengths = np.empty(len(all_refs), dtype=np.int64)
+    shards = all_refs >> _REF_SHIFT
+    for shard in np.unique(shards).tolist():
+        sel = shards == shard
+        lengths[sel] = rows_reader.lengths(shard)[all_refs[sel] & ((1 << _REF_SHIFT) - 1)]
+    rng = np.random.default_rng([cfg.seed, 0x5EED])
+    out = []
+    for batch in plan_batches(lengths, cfg.token_budget, cfg.batch_size, rng):
+        ids, lens, targets = rows_reader.batch(all_refs[batch], pad_id)
+        out.append(Batch(torch.from_numpy(ids), torch.from_numpy(lens), torch.from_numpy(targets)))
+    return out
+
+
+def check_trainable(cache: Cache, pooling: str) -> None:
+    """Refuse, in one line, a cache that cannot train a student with this pooling."""
+    if "input_ids" not in cache.columns:
+        raise CacheError(
+            f"cache {cache.path} has no input_ids column, which stage two trains on; "
+            "re-create it with `pipeline embed`"
+        )
+    if pooling not in cache.poolings or pooling not in cache.columns:
+        raise CacheError(
+            f"cache {cache.path} has no {pooling!r} vectors (it has "
+            f"{', '.join(cache.poolings) or 'none'}); pass --pooling "
+            f"{(cache.poolings or ['mean'])[0]} or re-run `pipeline embed --pooling {pooling}`"
+        )
+    if cache.num_rows < 2:
+        raise CacheError(f"cache {cache.path} holds {cache.num_rows} rows; it needs at least 2")
+    if cache.dim < 1:
+        raise CacheError(f"cache {cache.path} does not say its vector size; it is damaged")
