@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cache.errors import CacheError
+from cache.files import write_atomic
 
 FORMAT = "sra-sentence-cache"
 FORMAT_VERSION = 1
@@ -155,33 +155,6 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
     manifest.updated_at = now()
     data = json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False).encode()
     write_atomic(path, data)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # not every platform lets a directory be opened; rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_inside(name: str, manifest_path: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from cache.errors import CacheError
+from cache.files import sha256_file
 from cache.manifest import (
     EMBEDDINGS_NAME,
     MANIFEST_NAME,
@@ -23,7 +24,6 @@ from cache.manifest import (
     ShardInfo,
     read_manifest,
 )
-from cache.writer import sha256_file
 
 if TYPE_CHECKING:
     import duckdb

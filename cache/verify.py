@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from cache.errors import CacheError
+from cache.files import sha256_file
 from cache.reader import open_cache
-from cache.writer import is_cache_file, sha256_file
+from cache.writer import is_cache_file
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cache.errors import CacheError
+from cache.files import fsync_dir, sha256_file, write_atomic
 from cache.manifest import (
     EMBEDDINGS_NAME,
     MANIFEST_NAME,
@@ -28,10 +29,8 @@ from cache.manifest import (
     Manifest,
     ShardInfo,
     fingerprint,
-    fsync_dir,
     now,
     read_manifest,
-    write_atomic,
     write_manifest,
 )
 
@@ -54,14 +53,6 @@ def is_cache_file(name: str) -> bool:
         or (name.startswith("shard-") and name.endswith(".arrow"))
         or (name.startswith(".") and ".tmp" in name)
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class CacheWriter:

@@ -24,6 +24,7 @@ import safetensors.torch
 import torch
 from tokenizers import Tokenizer
 
+from cache.files import fsync_dir, write_file
 from student.config import StudentConfig
 from student.errors import StudentError
 from student.model import BiLSTMEncoder
@@ -93,22 +94,6 @@ def _plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     if pooled:
         batches.append(np.concatenate(pool))
     return batches
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class StudentEncoder:
@@ -213,26 +198,26 @@ class StudentEncoder:
             staging.mkdir()
             try:
                 for name, data in payload.items():
-                    _write_file(staging / name, data)
+                    write_file(staging / name, data)
                 os.replace(staging, folder)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
             return
         staged: list[tuple[Path, Path]] = []
         try:
             for name, data in payload.items():
                 temp = folder / f".{name}.{tag}.tmp"
                 staged.append((temp, folder / name))
-                _write_file(temp, data)
+                write_file(temp, data)
             for temp, final in staged:  # dict order: config.json goes in last
                 os.replace(temp, final)
         finally:
             for temp, _ in staged:
                 with contextlib.suppress(FileNotFoundError):
                     temp.unlink()
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
     # ------------------------------------------------------------------ encoding
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from cache import Cache, CacheError, open_cache
+from cache.files import fsync_dir, write_atomic, write_file
 from student.config import POOLINGS, StudentConfig
 from student.data import (
     Batch,
@@ -696,7 +697,7 @@ class RunDir:
                 },
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            _write_atomic(path / RUN_FILE, _json_bytes(run))
+            write_atomic(path / RUN_FILE, _json_bytes(run))
         self.dist.barrier()
         return None
 
@@ -747,7 +748,7 @@ class RunDir:
             with contextlib.suppress(ValueError):
                 if json.loads(line).get("step", 0) <= step:
                     kept.append(line)
-        _write_atomic(p, ("\n".join(kept) + "\n" if kept else "").encode())
+        write_atomic(p, ("\n".join(kept) + "\n" if kept else "").encode())
 
     def finish(self, summary: dict[str, Any]) -> None:
         run = self._read_run() or {}
@@ -756,7 +757,7 @@ class RunDir:
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             summary=summary,
         )
-        _write_atomic(self.path / RUN_FILE, _json_bytes(run))
+        write_atomic(self.path / RUN_FILE, _json_bytes(run))
         # The student is saved; the optimiser state is no longer needed.
         shutil.rmtree(self.ckpt, ignore_errors=True)
 
@@ -820,8 +821,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for fname, data in files.items():
-        _write_file(tmp / fname, data)
-    _fsync_dir(tmp)
+        write_file(tmp / fname, data)
+    fsync_dir(tmp)
     _commit_checkpoint(run.ckpt, tmp, name)
 
 
@@ -830,8 +831,8 @@ def _commit_checkpoint(folder: Path, tmp: Path, name: str) -> None:
     final = folder / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_dir(folder)
-    _write_atomic(folder / LATEST_FILE, _json_bytes({"dir": name}))
+    fsync_dir(folder)
+    write_atomic(folder / LATEST_FILE, _json_bytes({"dir": name}))
     for p in folder.iterdir():
         if p.name not in (name, LATEST_FILE):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -894,33 +895,6 @@ def _optimizer_state(
 
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _write_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ====================================================================== metrics and progress
