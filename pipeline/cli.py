@@ -170,7 +170,7 @@ def bench_embed(
     sentences: int = typer.Option(12000, help="Sentences to embed (>= 4000)."),
     workdir: Path = typer.Option(Path("caches/bench"), help="Scratch folder for the caches."),
     memory_sentences: int = typer.Option(
-        4000, help="Compare peak memory at this many and 4x as many sentences (0: skip)."
+        16000, help="Compare peak memory at this many and 4x as many sentences (0: skip)."
     ),
 ) -> None:
     """pipeline embed vs sentence-transformers on the same sentences, and FLOP/s vs peak."""

@@ -40,7 +40,17 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    for command in (["embed"], ["inspect"], ["sql"], ["verify"], ["bench", "embed"]):
+    commands = [
+        ["embed"],
+        ["inspect"],
+        ["sql"],
+        ["verify"],
+        ["bench", "embed"],
+        ["train"],
+        ["report"],
+        ["eval-sts"],
+    ]
+    for command in commands:
         out = cli(*command, "--help").stdout
         assert "Example: pipeline" in out, command
 
