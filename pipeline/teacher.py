@@ -164,10 +164,13 @@ class Teacher:
         return self.backend.to_str().encode()
 
     def describe(self, normalize: bool) -> dict[str, Any]:
-        """What the cache's manifest records about the teacher (and its fingerprint hashes)."""
+        """What the cache's manifest records about the teacher (and its fingerprint hashes).
+
+        Identity is the name plus the weights' hash (or hub revision), not where the files sit:
+        the packaged teacher in another virtualenv is the same teacher.
+        """
         return {
             "name": self.name,
-            "source": self.source if Path(self.source).exists() else self.name,
             "revision": getattr(self.config, "_commit_hash", None),
             "weights_sha256": _weights_sha256(self.source),
             "model_type": self.config.model_type,
