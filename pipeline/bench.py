@@ -203,13 +203,14 @@ def _forward_only(cache: Any, teacher_cfg: dict[str, Any], compile: bool = False
     The first 256 sentences run once before timing (kernel selection; compilation with
     `compile`), so this is the teacher's steady speed.
     """
+    from cache.schema import schema_from_manifest
     from pipeline.embed import _encode_window
     from pipeline.reader import Window
 
     teacher = Teacher(
         None, ["mean"], teacher_cfg["max_length"], teacher_cfg["dtype"], "cpu", compile=compile
     )
-    table = cache.read_shard(0)
+    schema = schema_from_manifest(cache.manifest)
     ids = [x for s in cache.shards for x in cache.read_shard(s, ["input_ids"])[0].to_pylist()]
     texts = [""] * len(ids)
     window = Window(0, 0, texts, texts, ids, [False] * len(ids))
@@ -218,10 +219,10 @@ def _forward_only(cache: Any, teacher_cfg: dict[str, Any], compile: bool = False
         teacher,
         4096,
         False,
-        table.schema,
+        schema,
     )  # warm-up
     t0 = time.perf_counter()
-    _encode_window(window, teacher, 4096, False, table.schema)
+    _encode_window(window, teacher, 4096, False, schema)
     return time.perf_counter() - t0
 
 

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +34,6 @@ from pipeline.progress import EmbedProgress
 from pipeline.reader import ReadPlan, Window, read_windows
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
 from pipeline.teacher import Teacher
-
-T = TypeVar("T")
 
 
 @dataclass
