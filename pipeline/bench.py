@@ -12,7 +12,6 @@ Every number is measured in this run on this machine:
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -283,13 +282,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from pipeline.bench_student import cpu_name
+
+    cpu = cpu_name()
     threads = torch.get_num_threads()
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cache import CacheError
+from pipeline.cli_tasks import register as register_tasks
 from pipeline.cli_train import register as register_stage_two
 from pipeline.errors import PipelineError
 
@@ -20,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Distil a BERT teacher into a BiLSTM sentence encoder via a sentence-vector cache.",
 )
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print JSON.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print JSON or tables.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -31,13 +32,20 @@ app.add_typer(bench_app, name="bench")
 )
 def embed(
     corpus: str = typer.Option(
-        ..., help="wiki | a file or folder (.txt/.jsonl/.parquet[.gz]) | hf:NAME[:CONFIG]"
+        ...,
+        help="wiki | a file or folder (.txt/.jsonl/.parquet[.gz]) | hf:NAME[:CONFIG] | "
+        "glue:TASK (sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli)",
     ),
     out: Path = typer.Option(..., help="Cache directory to create or resume."),
     wiki_dump: str | None = typer.Option(
         None,
         help="Local WikiExtractor dump (plain or .gz) for --corpus wiki; "
         "default: $PIPELINE_WIKI_DUMP, else the hub's wikimedia/wikipedia.",
+    ),
+    glue_dir: str | None = typer.Option(
+        None,
+        help="Original GLUE folder (holding SST-2/, MRPC/, ...) for glue:TASK; "
+        "default: $GLUE_DIR, else the hub's nyu-mll/glue.",
     ),
     split: str = typer.Option("train", help="Split of an hf: dataset."),
     text_field: str = typer.Option("text", help="Text field of .jsonl/.parquet/hf: data."),
@@ -75,6 +83,7 @@ def embed(
         corpus=corpus,
         out=out,
         wiki_dump=wiki_dump,
+        glue_dir=glue_dir,
         split=split,
         text_field=text_field,
         teacher=teacher,
@@ -179,8 +188,97 @@ def bench_embed(
     print(json.dumps(run(wiki_dump, sentences, workdir, memory_sentences), indent=2))
 
 
+@bench_app.command(
+    "student",
+    epilog="Example: pipeline bench student --student runs/sra-minilm-1m "
+    "--json runs/sra-minilm-1m/bench-student.json",
+)
+def bench_student(
+    student: Path = typer.Option(..., help="Student folder (or a run with it in encoder/)."),
+    sentences: Path | None = typer.Option(
+        None, help="One sentence per line (default: the unique sentences of STS-B dev)."
+    ),
+    limit: int | None = typer.Option(None, help="Use only the first N sentences."),
+    batch_size: int = typer.Option(256, help="Student encode batch size."),
+    latency_samples: int = typer.Option(200, help="Single-sentence calls for p50/p95 latency."),
+    teacher: str | None = typer.Option(
+        None, help="Teacher to compare with (default: the one the student records)."
+    ),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher."),
+    bert_base: bool = typer.Option(
+        True, help="Also time a random-weight BERT-base (<= 1,000 sentences)."
+    ),
+    bert_base_size: str = typer.Option(
+        "768,12,12,3072", hidden=True, help="hidden,layers,heads,intermediate (tests)."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Student vs teacher (and BERT-base): size, sentences/s, single-sentence latency."""
+    from pipeline.bench_student import bench_student as run
+    from pipeline.bench_student import render
+
+    result = run(
+        student,
+        sentences,
+        limit=limit,
+        batch_size=batch_size,
+        latency_samples=latency_samples,
+        teacher=teacher,
+        compile=compile,
+        bert_base=bert_base,
+        bert_base_size=[int(x) for x in bert_base_size.split(",")],
+    )
+    Console().print(render(result))
+    _write_json(json_path, result)
+
+
+@bench_app.command(
+    "train",
+    epilog="Example: pipeline bench train --cache caches/wiki-1m --json runs/bench-train.json",
+)
+def bench_train(
+    cache: Path = typer.Option(..., help="Stage-one cache (>= 1M rows for the memory part)."),
+    steps: int = typer.Option(200, help="Timed training steps a run (0: skip this part)."),
+    warmup_steps: int = typer.Option(20, help="Untimed steps before each timed run."),
+    repeats: int = typer.Option(2, help="Data path / preloaded pairs, run A B B A ..."),
+    batch_size: int | None = typer.Option(None, help="Most sentences a batch (train's: 256)."),
+    token_budget: int | None = typer.Option(None, help="Most padded tokens (train's: 8192)."),
+    workers: int = typer.Option(0, help="DataLoader workers, as pipeline train --workers."),
+    rows_small: int = typer.Option(100_000, help="Rows of the small cache for the memory part."),
+    memory_steps: int = typer.Option(
+        300, help="--max-steps of each pipeline train run for memory (0: skip that part)."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Training speed fed from the cache vs preloaded batches; peak memory, small vs full cache."""
+    from pipeline.bench_train import bench_train as run
+    from pipeline.bench_train import render
+
+    result = run(
+        cache,
+        steps=steps,
+        warmup_steps=warmup_steps,
+        repeats=repeats,
+        batch_size=batch_size,
+        token_budget=token_budget,
+        workers=workers,
+        rows_small=rows_small,
+        memory_steps=memory_steps,
+    )
+    for table in render(result):
+        Console().print(table)
+    _write_json(json_path, result)
+
+
+def _write_json(path: Path | None, result: dict[str, object]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 # Stage two (train, report, eval-sts) lives in its own module: it never imports transformers.
 register_stage_two(app)
+register_tasks(app)
 
 
 def _cell(value: object) -> str:

@@ -33,6 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.progress import EmbedProgress
 from pipeline.reader import ReadPlan, Window, read_windows
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
+from pipeline.task_corpus import TaskCorpus, is_task_corpus, load_task_corpus
 from pipeline.teacher import Teacher
 
 
@@ -43,6 +44,7 @@ class EmbedConfig:
     corpus: str
     out: Path
     wiki_dump: str | None = None
+    glue_dir: str | None = None  # original GLUE TSVs for glue:TASK corpora; None: the hub
     split: str = "train"
     text_field: str = "text"
     teacher: str | None = None
@@ -87,14 +89,29 @@ def embed(cfg: EmbedConfig) -> Manifest:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
     spec = CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field)
-    stats = CorpusStats()
-    # Pull one sentence now: a missing, empty or unreachable corpus fails before the teacher
-    # loads and before the output directory is touched. The reader process streams it again.
-    if next(iter_sentences(spec, cfg.filters, cfg.limit, stats), None) is None:
-        raise PipelineError(
-            f"corpus {cfg.corpus!r} gave no sentences after filtering "
-            f"({_stats_line(stats)}); check the path, --text-field and the length filters"
-        )
+    task = None
+    if is_task_corpus(cfg.corpus):
+        if cfg.limit is not None or world > 1:
+            raise PipelineError(
+                "a glue: corpus is embedded whole, in one process: drop --limit and torchrun"
+            )
+        # Read and check every split now, before the teacher loads or --out is touched.
+        task = load_task_corpus(cfg.corpus, cfg.glue_dir)
+        corpus_info = {"task": task.describe()}
+    else:
+        stats = CorpusStats()
+        # Pull one sentence now: a missing, empty or unreachable corpus fails before the
+        # teacher loads and before the output directory is touched. The reader process
+        # streams it again.
+        if next(iter_sentences(spec, cfg.filters, cfg.limit, stats), None) is None:
+            raise PipelineError(
+                f"corpus {cfg.corpus!r} gave no sentences after filtering "
+                f"({_stats_line(stats)}); check the path, --text-field and the length filters"
+            )
+        corpus_info = describe_corpus(spec) | {
+            "filters": describe_filters(cfg.filters),
+            "limit": cfg.limit,
+        }
 
     teacher = Teacher(
         cfg.teacher,
@@ -109,8 +126,7 @@ def embed(cfg: EmbedConfig) -> Manifest:
     budget = max(budget, cfg.max_length)
     config = {
         "teacher": teacher.describe(cfg.normalize),
-        "corpus": describe_corpus(spec)
-        | {"filters": describe_filters(cfg.filters), "limit": cfg.limit},
+        "corpus": corpus_info,
         "window": cfg.window,
     }
     schema = sentence_schema(teacher.poolings, teacher.hidden_size)
@@ -148,10 +164,13 @@ def embed(cfg: EmbedConfig) -> Manifest:
             rank,
             world,
             teacher.tokenizer_json().decode(),
+            sentences=task.sentences if task is not None else None,
         )
         with EmbedProgress(total, done=writer.resumed_rows, enabled=cfg.progress) as progress:
             stats = _run(read_windows(plan), teacher, writer, budget, cfg.normalize, progress)
         seconds = time.monotonic() - t0
+        if task is not None:
+            _write_task_files(writer, task)
         sps, tps = progress.rate
         manifest = writer.finish(
             {
@@ -254,6 +273,20 @@ def _write_side_files(writer: CacheWriter, teacher: Teacher) -> None:
         meta = {"teacher": teacher.name, "pad_id": str(teacher.pad_id)}
         data = save({"word_embeddings": teacher.embedding_matrix()}, metadata=meta)
         writer.put_file(EMBEDDINGS_NAME, data)
+
+
+def _write_task_files(writer: CacheWriter, task: TaskCorpus) -> None:
+    """The examples of each split, once every sentence they point at is in the cache."""
+    writer.flush()
+    assert writer.manifest is not None
+    rows = writer.manifest.num_rows
+    if rows != len(task.sentences):  # ids are positions in task.sentences: all must be there
+        raise PipelineError(
+            f"{writer.path} holds {rows:,} of the task's {len(task.sentences):,} sentences; "
+            "rerun the same command to resume"
+        )
+    for name, data in task.side_files().items():
+        writer.put_file(name, data)
 
 
 def _init_process_group() -> None:

@@ -42,6 +42,9 @@ class ReadPlan:
     rank: int
     world: int
     tokenizer_json: str  # the teacher's Rust tokenizer, already set to truncate
+    # A task corpus's texts, taken as they are: no splitting, filtering or dedup (see
+    # pipeline/task_corpus.py). None: stream `spec` through the sentence filters.
+    sentences: list[str] | None = None
 
 
 def tokenize(backend: Any, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
@@ -54,7 +57,11 @@ def plan_windows(plan: ReadPlan, stats: CorpusStats) -> Iterator[Window]:
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(plan.tokenizer_json)
-    stream = iter_sentences(plan.spec, plan.filters, plan.limit, stats)
+    if plan.sentences is None:
+        stream = iter_sentences(plan.spec, plan.filters, plan.limit, stats)
+    else:
+        stats.emitted = len(plan.sentences)
+        stream = ((text, f"{plan.spec.corpus}:{i}") for i, text in enumerate(plan.sentences))
     for index in itertools.count():
         chunk = list(itertools.islice(stream, plan.window))
         if not chunk:

@@ -46,7 +46,7 @@ def _one_line(error: BaseException) -> str:
 
 
 @functools.cache
-def _cpu_bf16_supported() -> bool:
+def cpu_bf16_supported() -> bool:
     """True when this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX on x86, ARM BF16)."""
     try:
         if not torch.backends.mkldnn.is_available():
@@ -256,7 +256,7 @@ class StudentEncoder:
         result = np.empty((len(texts), dim), dtype=np.float32)
 
         autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if model_device.type == "cpu" and _cpu_bf16_supported():
+        if model_device.type == "cpu" and cpu_bf16_supported():
             autocast = torch.autocast("cpu", dtype=torch.bfloat16)
         was_training = self.model.training
         self.model.eval()

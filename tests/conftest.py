@@ -92,3 +92,52 @@ def write_corpus(path: Path, n: int, seed: int = 0) -> Path:
             words = [rng.choice(WORDS) for _ in range(rng.randint(5, 40))]
             f.write(" ".join(words).capitalize() + f" number {i}.\n")
     return path
+
+
+def write_glue(root: Path, n_train: int = 240, n_dev: int = 60, seed: int = 0) -> Path:
+    """A tiny GLUE folder in the original TSV format, with trivially learnable labels.
+
+    SST-2: positive iff the sentence holds "red" (negatives hold "blue"). MRPC: equivalent
+    iff both sentences share their colour. STS-B: the score is 5 when they share it, else 0
+    (plus a little noise).
+    """
+    import random
+
+    rng = random.Random(seed)
+    nouns = ["cat", "dog", "city", "water", "tree", "river", "house", "world"]
+
+    def sentence(mood: str) -> str:
+        words = [rng.choice(nouns) for _ in range(rng.randint(3, 12))]
+        words.insert(rng.randrange(len(words) + 1), mood)
+        return " ".join(words) + " ."
+
+    def split_rows(n: int) -> list[tuple[str, str, int]]:
+        rows = []
+        for _ in range(n):
+            a, b = rng.choice(["red", "blue"]), rng.choice(["red", "blue"])
+            rows.append((sentence(a), sentence(b), int(a == b)))
+        return rows
+
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = split_rows(n)
+        sst = root / "SST-2"
+        sst.mkdir(parents=True, exist_ok=True)
+        lines = ["sentence\tlabel"] + [f"{a}\t{int('red' in a.split())}" for a, _, _ in rows]
+        (sst / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        mrpc = root / "MRPC"
+        mrpc.mkdir(exist_ok=True)
+        lines = ["\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [
+            f"{y}\t{i}\t{i + 1}\t{a}\t{b}" for i, (a, b, y) in enumerate(rows)
+        ]
+        (mrpc / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        sts = root / "STS-B"
+        sts.mkdir(exist_ok=True)
+        header = "\t".join(
+            "index genre filename year old_index source1 source2 sentence1 sentence2 score".split()
+        )
+        lines = [header] + [
+            f"{i}\tg\tf\t2012\t{i}\ts\ts\t{a}\t{b}\t{abs(5 * y - rng.random() * 0.2):.3f}"
+            for i, (a, b, y) in enumerate(rows)
+        ]
+        (sts / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root

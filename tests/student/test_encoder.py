@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def fp32(monkeypatch):
     """Encode in plain fp32 so batched and one-by-one results can be compared tightly."""
-    monkeypatch.setattr(encoder_module, "_cpu_bf16_supported", lambda: False)
+    monkeypatch.setattr(encoder_module, "cpu_bf16_supported", lambda: False)
 
 
 @pytest.fixture
@@ -56,9 +56,9 @@ def test_encode_restores_the_input_order(tiny_encoder, fp32):
 
 def test_encode_under_bf16_autocast_is_close_to_fp32(tiny_encoder, monkeypatch):
     sentences = SENTENCES + many_sentences(50)
-    monkeypatch.setattr(encoder_module, "_cpu_bf16_supported", lambda: True)
+    monkeypatch.setattr(encoder_module, "cpu_bf16_supported", lambda: True)
     bf16 = tiny_encoder.encode(sentences, batch_size=16, normalize=True)
-    monkeypatch.setattr(encoder_module, "_cpu_bf16_supported", lambda: False)
+    monkeypatch.setattr(encoder_module, "cpu_bf16_supported", lambda: False)
     fp32 = tiny_encoder.encode(sentences, batch_size=16, normalize=True)
     assert bf16.dtype == np.float32
     assert (np.sum(bf16 * fp32, axis=1) > 0.99).all()

@@ -126,19 +126,19 @@ import os, signal, sys
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {repo!r})
-import student.train
-t = sys.modules["student.train"]  # `student.train` is the function
+import student.checkpoint as c
+from student import train
 from tests.student.test_train import tiny
 calls = 0
-commit = t._commit_checkpoint
+commit = c._commit_checkpoint
 def commit_then_die(folder, tmp, name):
     global calls
     calls += 1
     if calls == 3:  # the third checkpoint is fully written but not yet committed
         os.killpg(os.getpgid(0), signal.SIGKILL)  # the trainer and its DataLoader workers
     commit(folder, tmp, name)
-t._commit_checkpoint = commit_then_die
-t.train(tiny({cache!r}, {out!r}, epochs=2, checkpoint_every=7, dropout=0.3, workers={workers}))
+c._commit_checkpoint = commit_then_die
+train(tiny({cache!r}, {out!r}, epochs=2, checkpoint_every=7, dropout=0.3, workers={workers}))
 """
 
 

@@ -1,0 +1,125 @@
+"""Task commands: `pipeline finetune` and `pipeline evaluate` (GLUE, from task caches).
+
+Thin typer wrappers over `student.finetune.finetune` and `pipeline.evaluate.evaluate`;
+registered on the main app by `register(app)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pipeline.cli_train import _one_line_errors
+
+
+def finetune(
+    student: str = typer.Option(
+        ..., help="Student folder (pipeline train --out) | scratch | teacher (frozen vectors)."
+    ),
+    task: str = typer.Option(..., help="GLUE task: sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte."),
+    cache: Path = typer.Option(..., help="Task cache (pipeline embed --corpus glue:TASK)."),
+    out: Path = typer.Option(..., help="Run folder: metrics.json, predictions, the model."),
+    epochs: int | None = typer.Option(
+        None, help="Passes over the training split [3, up to 10 on small tasks: ~600 steps]."
+    ),
+    batch_size: int = typer.Option(64, help="Examples per step."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then linear decay)."),
+    seed: int = typer.Option(0, help="Seed for the head, dropout and batch order."),
+    freeze_encoder: bool = typer.Option(
+        False, "--freeze-encoder", help="Train the head only, on the student's fixed vectors."
+    ),
+    head: str | None = typer.Option(None, help="mlp | linear [linear when frozen, else mlp]."),
+    head_hidden: int = typer.Option(512, help="Hidden units of the MLP head."),
+    dropout: float = typer.Option(0.1, help="Dropout in the MLP head."),
+    sra_weight: float = typer.Option(
+        0.0, help="Also keep approximating the cached teacher vectors: W * (1 - cosine)."
+    ),
+    pooling: str = typer.Option("mean", help="Teacher vectors of the cache to use."),
+    select: str = typer.Option("best", help="best (dev early stopping) | last epoch."),
+    patience: int = typer.Option(2, help="With --select best: epochs without a new best."),
+    bf16: bool | None = typer.Option(None, help="bf16 autocast [where the hardware has it]."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT."),
+    progress: bool = typer.Option(True, help="Show progress."),
+) -> None:
+    """Fine-tune a student on a GLUE task from its task cache (no teacher loaded)."""
+    from student.finetune import FinetuneConfig
+    from student.finetune import finetune as run
+
+    with _one_line_errors():
+        metrics = run(
+            FinetuneConfig(
+                student=student,
+                task=task,
+                cache=cache,
+                out=out,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                freeze_encoder=freeze_encoder,
+                head=head,
+                head_hidden=head_hidden,
+                dropout=dropout,
+                sra_weight=sra_weight,
+                pooling=pooling,
+                select=select,
+                patience=patience,
+                seed=seed,
+                bf16=bf16,
+                device=device,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress,
+            )
+        )
+    print(json.dumps(metrics, indent=2))
+
+
+def evaluate(
+    student: str = typer.Option(..., help="The distilled student folder (pipeline train --out)."),
+    tasks: str = typer.Option("sst2,mrpc,rte,cola,stsb", help="Comma list of GLUE tasks."),
+    seeds: int = typer.Option(3, help="Seeds per task and row (mean ± std)."),
+    rows: str = typer.Option(
+        "sra,scratch,sra-frozen,teacher-frozen", help="Which comparison rows to run."
+    ),
+    glue_dir: str | None = typer.Option(
+        None, help="GLUE folder for task caches not built yet [$GLUE_DIR, else the hub]."
+    ),
+    caches: Path = typer.Option(Path("caches"), help="Where task caches are found or built."),
+    out: Path = typer.Option(Path("runs/evaluate"), help="Runs, results.md and results.json."),
+    epochs: int | None = typer.Option(None, help="Override finetune's epochs."),
+    progress: bool = typer.Option(True, help="Show progress."),
+) -> None:
+    """Fine-tune every row x task x seed (reusing finished runs) and print the table."""
+    from pipeline.evaluate import EvaluateConfig
+    from pipeline.evaluate import evaluate as run
+
+    with _one_line_errors():
+        summary = run(
+            EvaluateConfig(
+                student=student,
+                tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+                seeds=seeds,
+                rows=[r.strip() for r in rows.split(",") if r.strip()],
+                glue_dir=glue_dir,
+                caches=caches,
+                out=out,
+                epochs=epochs,
+                progress=progress,
+            )
+        )
+    print(summary["table"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        epilog="Example: pipeline finetune --student runs/sra-minilm --task sst2 "
+        "--cache caches/sst2-minilm --out runs/sst2"
+    )(finetune)
+    app.command(
+        epilog="Example: pipeline evaluate --student runs/sra-minilm --tasks sst2,mrpc,rte,cola,"
+        "stsb --seeds 3 --glue-dir ../shared/data/glue"
+    )(evaluate)

@@ -1,0 +1,151 @@
+"""`pipeline evaluate`: every comparison row, task and seed, fine-tuned from task caches.
+
+Rows (what each shows):
+
+1. ``sra``: the SRA-distilled student, fine-tuned (encoder and MLP head);
+2. ``scratch``: the same architecture from random initialisation, no distillation: what
+   distillation buys;
+3. ``sra-frozen``: the distilled student frozen, a linear head on its vectors;
+4. ``teacher-frozen``: the teacher's cached vectors, frozen, a linear head (no teacher load).
+
+Each (task, row, seed) is one `finetune` run under OUT/TASK/ROW/seedN; finished runs are
+reused, so an interrupted evaluation resumes where it stopped. Missing task caches are built
+with stage one from the GLUE folder (or the hub) with the student's own teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cache import CacheError, open_cache
+from cache.task_data import TASK_NAME, read_task
+from cache.tasks import TaskSpec, get_task
+from pipeline.errors import PipelineError
+
+ROWS: dict[str, str] = {
+    "sra": "SRA student, fine-tuned",
+    "scratch": "same BiLSTM, random init, no distillation",
+    "sra-frozen": "SRA student frozen + linear head",
+    "teacher-frozen": "teacher vectors frozen + linear head",
+}
+PERCENT = ("accuracy", "f1")  # shown x100, as GLUE tables do; correlations stay in [-1, 1]
+
+
+@dataclass
+class EvaluateConfig:
+    student: str
+    tasks: list[str]
+    seeds: int = 3
+    rows: list[str] = field(default_factory=lambda: list(ROWS))
+    glue_dir: str | None = None
+    caches: Path = Path("caches")
+    out: Path = Path("runs/evaluate")
+    epochs: int | None = None
+    progress: bool = True
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Run what is missing, then return {task: {row: {metric: [per seed]}}} and the table."""
+    from student.encoder import StudentEncoder
+    from student.finetune import FinetuneConfig, finetune
+
+    try:
+        tasks = [get_task(t) for t in cfg.tasks]
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
+    unknown = [r for r in cfg.rows if r not in ROWS]
+    if unknown or cfg.seeds < 1:
+        raise PipelineError(
+            f"--rows takes {', '.join(ROWS)} (got {', '.join(unknown) or 'none'}); --seeds >= 1"
+        )
+    teacher = StudentEncoder.from_pretrained(cfg.student).config.teacher
+    results: dict[str, Any] = {}
+    for task in tasks:
+        cache = _task_cache(task, teacher, cfg)
+        results[task.name] = {}
+        for row in cfg.rows:
+            runs = []
+            for seed in range(cfg.seeds):
+                run_cfg = FinetuneConfig(
+                    student={"scratch": "scratch", "teacher-frozen": "teacher"}.get(
+                        row, cfg.student
+                    ),
+                    task=task.name,
+                    cache=cache,
+                    out=cfg.out / task.name / row / f"seed{seed}",
+                    freeze_encoder=row == "sra-frozen",
+                    seed=seed,
+                    progress=cfg.progress,
+                    resume=True,
+                )
+                if cfg.epochs is not None:
+                    run_cfg = replace(run_cfg, epochs=cfg.epochs)
+                print(f"== {task.name} / {row} / seed {seed}", file=sys.stderr)
+                runs.append(finetune(run_cfg))
+            results[task.name][row] = {m: [float(r[m]) for r in runs] for m in task.metrics}
+    table = markdown_table(results, tasks, cfg.rows)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    summary = {"student": cfg.student, "seeds": cfg.seeds, "results": results}
+    (cfg.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (cfg.out / "results.md").write_text(table + "\n")
+    return summary | {"table": table}
+
+
+def markdown_table(results: dict[str, Any], tasks: list[TaskSpec], rows: list[str]) -> str:
+    """Rows x tasks, mean ± std over seeds of each task's metrics, plus the average."""
+    header = ["model"] + [f"{t.name} {'/'.join(t.metrics)}" for t in tasks] + ["avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells, mains = [ROWS[row]], []
+        for t in tasks:
+            values = results[t.name][row]
+            parts = []
+            for metric in t.metrics:
+                scale = 100 if metric in PERCENT else 1
+                xs = [x * scale for x in values[metric]]
+                mean = statistics.fmean(xs)
+                std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+                digits = 1 if scale == 100 else 3
+                parts.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+            cells.append(" / ".join(parts))
+            # The average puts every main metric on a 0-100 scale, as the GLUE score does.
+            mains.append(statistics.fmean(values[t.main_metric]) * 100)
+        cells.append(f"{statistics.fmean(mains):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _task_cache(task: TaskSpec, teacher: str, cfg: EvaluateConfig) -> Path:
+    """A cache of this task made by the student's teacher: found under --caches, or built."""
+    for candidate in sorted(cfg.caches.glob(f"*/{TASK_NAME}")):
+        try:
+            cache = open_cache(candidate.parent, checksums=False)
+            made_by = str(cache.manifest.config.get("teacher", {}).get("name", ""))
+            if read_task(cache).task.name == task.name and (not teacher or made_by == teacher):
+                return candidate.parent
+        except CacheError:
+            continue
+    from pipeline.embed import EmbedConfig, embed
+
+    out = cfg.caches / f"{task.name}-{_slug(teacher)}"
+    print(f"building the task cache {out} (stage one, teacher {teacher})", file=sys.stderr)
+    embed(
+        EmbedConfig(
+            corpus=f"glue:{task.name}",
+            out=out,
+            glue_dir=cfg.glue_dir,
+            teacher=teacher or None,  # the default name resolves to the packaged copy
+            progress=cfg.progress,
+        )
+    )
+    return out
+
+
+def _slug(teacher: str) -> str:
+    name = teacher.rstrip("/").rsplit("/", 1)[-1].lower() or "teacher"
+    return "minilm" if name == "all-minilm-l6-v2" else name

@@ -1,0 +1,76 @@
+"""`pipeline evaluate`: builds missing task caches, runs every row x task x seed, one table."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.evaluate import ROWS, EvaluateConfig, evaluate
+from tests.conftest import write_glue
+from tests.student.test_finetune import distil_tiny_student
+
+
+@pytest.fixture(scope="module")
+def student_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    return distil_tiny_student(tmp_path_factory.mktemp("eval-student"), tiny_bert, 200, 5)
+
+
+def test_evaluate_builds_caches_and_prints_every_row(tmp_path, student_run, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    glue = write_glue(tmp_path / "glue", n_train=48, n_dev=16)
+    cfg = EvaluateConfig(
+        student=str(student_run),
+        tasks=["sst2", "stsb"],
+        seeds=2,
+        glue_dir=str(glue),
+        caches=tmp_path / "caches",
+        out=tmp_path / "eval",
+        epochs=1,
+        progress=False,
+    )
+    summary = evaluate(cfg)
+    # Task caches were built with the student's own (tiny) teacher.
+    assert sorted(p.name for p in (tmp_path / "caches").iterdir()) == [
+        f"{t}-{Path(json.loads((student_run / 'config.json').read_text())['teacher']).name}"
+        for t in ("sst2", "stsb")
+    ]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+    assert set(results) == {"sst2", "stsb"}
+    assert set(results["sst2"]) == set(ROWS)
+    assert all(len(v) == 2 for v in results["stsb"]["scratch"].values())
+    assert set(results["stsb"]["sra"]) == {"pearson", "spearman"}
+    lines = summary["table"].splitlines()
+    assert len(lines) == 2 + len(ROWS)
+    assert lines[0].count("|") == 5  # model, two tasks, avg
+    assert all(" ± " in line for line in lines[2:])
+    assert (tmp_path / "eval" / "results.md").read_text().strip() == summary["table"]
+
+    # A second evaluation reuses every finished run: same numbers.
+    assert evaluate(cfg)["results"] == summary["results"]
+
+
+def test_cli_bad_input(tmp_path, student_run):
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "--student", str(student_run), "--tasks", "nope"])
+    assert result.exit_code != 0 and "unknown GLUE task" in str(result.exception or result.output)
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--student",
+            str(tmp_path),
+            "--task",
+            "sst2",
+            "--cache",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "error:" in result.output
