@@ -6,7 +6,11 @@ Rows (what each shows):
 2. ``scratch``: the same architecture from random initialisation, no distillation: what
    distillation buys;
 3. ``sra-frozen``: the distilled student frozen, a linear head on its vectors;
-4. ``teacher-frozen``: the teacher's cached vectors, frozen, a linear head (no teacher load).
+4. ``teacher-frozen``: the teacher's cached vectors, frozen, a linear head (no teacher load);
+
+and, on request (``--rows ...,sra-coop``), the paper's cooperation with distillation on the
+task itself: row 1 plus ``--sra-weight 1`` (keep approximating the cached teacher vectors of
+the task's sentences while learning the labels).
 
 Each (task, row, seed) is one `finetune` run under OUT/TASK/ROW/seedN; finished runs are
 reused, so an interrupted evaluation resumes where it stopped. Missing task caches are built
@@ -32,7 +36,9 @@ ROWS: dict[str, str] = {
     "scratch": "same BiLSTM, random init, no distillation",
     "sra-frozen": "SRA student frozen + linear head",
     "teacher-frozen": "teacher vectors frozen + linear head",
+    "sra-coop": "SRA student, fine-tuned with --sra-weight 1",
 }
+DEFAULT_ROWS = ["sra", "scratch", "sra-frozen", "teacher-frozen"]
 PERCENT = ("accuracy", "f1")  # shown x100, as GLUE tables do; correlations stay in [-1, 1]
 
 
@@ -41,7 +47,7 @@ class EvaluateConfig:
     student: str
     tasks: list[str]
     seeds: int = 3
-    rows: list[str] = field(default_factory=lambda: list(ROWS))
+    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
     glue_dir: str | None = None
     caches: Path = Path("caches")
     out: Path = Path("runs/evaluate")
@@ -79,6 +85,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                     cache=cache,
                     out=cfg.out / task.name / row / f"seed{seed}",
                     freeze_encoder=row == "sra-frozen",
+                    sra_weight=1.0 if row == "sra-coop" else 0.0,
                     seed=seed,
                     progress=cfg.progress,
                     resume=True,

@@ -126,18 +126,69 @@ class BiLSTMEncoder(nn.Module):
         if ids.shape[0] == 0:
             return self.projection.weight.new_zeros((0, self.pooled_dim))
         x = self.dropout(self.embedding(ids))
-        width = ids.shape[1]
-        if bool((lengths == width).all()):
+        if bool((lengths == ids.shape[1]).all()):
             out, _ = self.lstm(x)
         else:
-            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            out, _ = self.lstm(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=width)
+            out = self._lstm_right_padded(x, lengths)
         return self._pool(out, lengths)
+
+    def _lstm_right_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The (Bi)LSTM over right-padded rows, exactly as over packed sequences, but faster.
+
+        A forward pass never sees the padding after a row's last token, so its states at the
+        valid positions are exact. The backward direction is run as a forward pass over each
+        row reversed within its own length (padding stays at the end), then un-reversed. Both
+        are plain dense LSTM calls, which on CPU use oneDNN's kernel: measured about twice as
+        fast as the packed-sequence loop (``lstm_packed`` below is the reference it must equal).
+        """
+        lstm = self.lstm
+        steps = torch.arange(x.shape[1], device=x.device)[None, :]
+        lens = lengths.to(x.device)[:, None]
+        # Reversal index within each row's length; an involution, so it also un-reverses.
+        flip = torch.where(steps < lens, lens - 1 - steps, steps)
+        suffixes = ["", "_reverse"] if lstm.bidirectional else [""]
+        for layer in range(lstm.num_layers):
+            if layer and lstm.dropout and self.training:
+                x = nn.functional.dropout(x, lstm.dropout, training=True)
+            outs = []
+            for suffix in suffixes:
+                names = [
+                    f"{w}_l{layer}{suffix}"
+                    for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                ]
+                weights = [getattr(lstm, n) for n in names]
+                inp = x if not suffix else _gather_steps(x, flip)
+                out = torch._VF.lstm(  # type: ignore[attr-defined]
+                    inp, _zeros(lstm, inp), weights, True, 1, 0.0, self.training, False, True
+                )[0]
+                outs.append(out if not suffix else _gather_steps(out, flip))
+            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+        return x
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Vectors in the teacher's space: ``[B, output_dim]``."""
         return self.projection(self.pooled(input_ids, lengths))
+
+
+def _gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
+def _zeros(lstm: nn.LSTM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    h = x.new_zeros((1, x.shape[0], lstm.hidden_size))
+    return h, h
+
+
+def lstm_packed(
+    model: BiLSTMEncoder, input_ids: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
+    """Reference: ``model.pooled`` computed over packed sequences (``enforce_sorted=False``)."""
+    ids, lengths = model._prepare(input_ids, lengths)
+    x = model.dropout(model.embedding(ids))
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = model.lstm(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+    return model._pool(out, lengths)
 
 
 def pca_project(

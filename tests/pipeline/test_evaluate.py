@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.evaluate import ROWS, EvaluateConfig, evaluate
+from pipeline.evaluate import DEFAULT_ROWS as ROWS
+from pipeline.evaluate import EvaluateConfig, evaluate
 from tests.conftest import write_glue
 from tests.student.test_finetune import distil_tiny_student
 

@@ -228,3 +228,12 @@ def test_metrics_against_hand_computed_values():
     assert set(task_scores(get_task("mrpc"), p, y)) == {"f1", "accuracy"}
     scores = task_scores(get_task("stsb"), np.array([0.1, 0.4, 0.3]), np.array([1.0, 3.0, 2.0]))
     assert scores["spearman"] == pytest.approx(1.0)
+
+
+def test_a_cache_from_another_teacher_warns(tmp_path, caches, glue, student_run, capsys):
+    from tests.conftest import build_tiny_bert
+
+    other = build_tiny_bert(tmp_path / "other-teacher", seed=1)  # same vocabulary, new weights
+    cache = make_task_cache(tmp_path, other, "sst2", glue)
+    finetune(tiny(str(student_run), "sst2", cache, tmp_path / "run", epochs=1))
+    assert "warning: the student was distilled from" in capsys.readouterr().err

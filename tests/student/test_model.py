@@ -249,3 +249,27 @@ def test_pca_project_keeps_the_top_principal_direction():
     assert abs(correlation) > 0.999
     # The other components are uncorrelated with it.
     assert all(abs(np.corrcoef(reduced[:, k], along)[0, 1]) < 0.1 for k in (1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "layers, bidirectional, pooling", [(1, True, "max"), (2, True, "max+mean"), (2, False, "mean")]
+)
+def test_right_padded_lstm_equals_packed_sequences(layers, bidirectional, pooling):
+    from student.model import lstm_packed
+
+    torch.manual_seed(0)
+    model = make_model(
+        num_layers=layers, bidirectional=bidirectional, pooling=pooling, dropout=0.0
+    ).train()
+    ids, lens = random_batch([12, 3, 7, 1, 0, 12, 5], width=12)
+    fast = model.pooled(ids, lens)
+    fast.sum().backward()
+    fast_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference = lstm_packed(model, ids, lens)
+    reference.sum().backward()
+    torch.testing.assert_close(fast, reference, atol=1e-6, rtol=1e-5)
+    for name, grad in fast_grads.items():
+        torch.testing.assert_close(
+            grad, dict(model.named_parameters())[name].grad, atol=1e-5, rtol=1e-4
+        )
