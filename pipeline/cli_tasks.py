@@ -18,11 +18,14 @@ def finetune(
     student: str = typer.Option(
         ..., help="Student folder (pipeline train --out) | scratch | teacher (frozen vectors)."
     ),
-    task: str = typer.Option(..., help="GLUE task: sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte."),
+    task: str = typer.Option(
+        ..., help="GLUE task: sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli."
+    ),
     cache: Path = typer.Option(..., help="Task cache (pipeline embed --corpus glue:TASK)."),
     out: Path = typer.Option(..., help="Run folder: metrics.json, predictions, the model."),
     epochs: int | None = typer.Option(
-        None, help="Passes over the training split [3, up to 10 on small tasks: ~600 steps]."
+        None,
+        help="Passes over the training split (default: 3, up to 10 on small tasks: ~600 steps).",
     ),
     batch_size: int = typer.Option(64, help="Examples per step."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then linear decay)."),
@@ -30,7 +33,9 @@ def finetune(
     freeze_encoder: bool = typer.Option(
         False, "--freeze-encoder", help="Train the head only, on the student's fixed vectors."
     ),
-    head: str | None = typer.Option(None, help="mlp | linear [linear when frozen, else mlp]."),
+    head: str | None = typer.Option(
+        None, help="mlp | linear (default: linear when frozen, else mlp)."
+    ),
     head_hidden: int = typer.Option(512, help="Hidden units of the MLP head."),
     dropout: float = typer.Option(0.1, help="Dropout in the MLP head."),
     sra_weight: float = typer.Option(
@@ -39,7 +44,9 @@ def finetune(
     pooling: str = typer.Option("mean", help="Teacher vectors of the cache to use."),
     select: str = typer.Option("best", help="best (dev early stopping) | last epoch."),
     patience: int = typer.Option(2, help="With --select best: epochs without a new best."),
-    bf16: bool | None = typer.Option(None, help="bf16 autocast [where the hardware has it]."),
+    bf16: bool | None = typer.Option(
+        None, help="bf16 autocast (default: where the hardware has it)."
+    ),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT."),
@@ -86,7 +93,7 @@ def evaluate(
         "sra,scratch,sra-frozen,teacher-frozen", help="Which comparison rows to run."
     ),
     glue_dir: str | None = typer.Option(
-        None, help="GLUE folder for task caches not built yet [$GLUE_DIR, else the hub]."
+        None, help="GLUE folder for task caches not built yet (default: $GLUE_DIR, else the hub)."
     ),
     caches: Path = typer.Option(Path("caches"), help="Where task caches are found or built."),
     out: Path = typer.Option(Path("runs/evaluate"), help="Runs, results.md and results.json."),

@@ -11,19 +11,19 @@ from student.config import StudentConfig
 
 
 class BiLSTMEncoder(nn.Module):
-    """Embedding -> dropout -> (Bi)LSTM over packed sequences -> pooling -> projection.
+    """Embedding -> dropout -> (Bi)LSTM -> pooling over valid positions -> projection.
 
     ``forward(input_ids, lengths)`` maps teacher WordPiece ids ``[B, L]`` plus true lengths
     ``[B]`` to vectors ``[B, output_dim]`` in the teacher's space; ``pooled`` gives the
     sentence vector before the projection (``[B, pooled_dim]``) for fine-tuning heads.
 
-    Padding never influences a sentence's vector: the LSTM runs on packed sequences, so the
-    backward direction starts at each sentence's real last token, and pooling only looks at
-    valid positions. When every row of a batch has the same length there is no padding to
-    skip and the LSTM is called on the plain tensor (same maths; on CPU this lets PyTorch use
-    its oneDNN kernel, about twice as fast as the packed loop).
+    Padding never influences a sentence's vector: the result equals running the LSTM on
+    packed sequences (``lstm_packed``, the reference the tests hold it to), so the backward
+    direction starts at each sentence's real last token, and pooling only looks at valid
+    positions. It is computed with dense LSTM calls, which on CPU use oneDNN's kernel: rows of
+    one length directly, mixed lengths as in ``_lstm_right_padded``.
 
-    Empty rows: a row with length 0 cannot be packed, so its length is clamped to 1 and its
+    Empty rows: a row with length 0 has no tokens to run, so its length is clamped to 1 and its
     first id is replaced by ``pad_id``; an empty sentence therefore gets the fixed vector of
     a lone pad token. A batch with no rows returns an empty ``[0, output_dim]`` tensor.
 
