@@ -214,20 +214,14 @@ def _load_teacher(
 def teacher_encoder(teacher: Any) -> Callable[[list[str]], np.ndarray]:
     """Text in, vectors out, as stage one runs the teacher: tokenize, sort by length, grow each
     batch while (members x longest) stays inside the token budget."""
+    from pipeline.teacher import budget_batches
 
     def encode(texts: list[str]) -> np.ndarray:
         ids = [e.ids for e in teacher.backend.encode_batch(texts)]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(lengths, kind="stable")
         out = np.empty((len(ids), teacher.hidden_size), dtype=np.float32)
-        i = 0
-        while i < len(ids):
-            j = i + 1
-            while j < len(ids) and (j - i + 1) * int(lengths[order[j]]) <= CPU_TOKEN_BUDGET:
-                j += 1
-            idx = order[i:j]
+        for idx in budget_batches(lengths, CPU_TOKEN_BUDGET):
             out[idx] = teacher.encode([ids[k] for k in idx])["mean"]
-            i = j
         return out
 
     return encode

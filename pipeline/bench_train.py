@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cache import Cache, open_cache
+from cache import open_cache
 from cache.manifest import (
     EMBEDDINGS_NAME,
     MANIFEST_NAME,
@@ -117,6 +117,7 @@ def data_path_cost(
     workers: int,
 ) -> dict[str, Any]:
     from student.data import DataConfig, TrainData, check_trainable, compute_split
+    from student.train import cache_tokenizer, student_config
 
     cache = open_cache(cache_path)
     check_trainable(cache, defaults.pooling)
@@ -129,7 +130,8 @@ def data_path_cost(
         val_max_rows=defaults.val_max_rows,
         seed=defaults.seed,
     )
-    student_cfg = _student_config(cache, defaults)
+    # The student `pipeline train` would build for this cache with default options.
+    student_cfg = student_config(defaults, cache, cache_tokenizer(cache))
     data = TrainData(
         cache,
         data_cfg,
@@ -179,15 +181,6 @@ def _planning_seconds(data: Any) -> dict[str, float]:
     t0 = time.perf_counter()
     batches = data.num_batches()
     return {"seconds": time.perf_counter() - t0, "batches": batches}
-
-
-def _student_config(cache: Cache, defaults: Any) -> Any:
-    """The student `pipeline train` would build for this cache with default options."""
-    from tokenizers import Tokenizer
-
-    from student.train import student_config
-
-    return student_config(defaults, cache, Tokenizer.from_file(str(cache.tokenizer_path)))
 
 
 class _Trainer:

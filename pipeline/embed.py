@@ -34,7 +34,7 @@ from pipeline.progress import EmbedProgress
 from pipeline.reader import ReadPlan, Window, read_windows
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
 from pipeline.task_corpus import TaskCorpus, is_task_corpus, load_task_corpus
-from pipeline.teacher import Teacher
+from pipeline.teacher import Teacher, budget_batches
 
 
 @dataclass
@@ -228,20 +228,11 @@ def _encode_window(
 ) -> pa.Table:
     n = len(window.ids)
     lengths = np.fromiter((len(x) for x in window.ids), dtype=np.int32, count=n)
-    order = np.argsort(lengths, kind="stable")
     vectors = {p: np.empty((n, teacher.hidden_size), np.float32) for p in teacher.poolings}
-    i = 0
-    while i < n:
-        # Sorted ascending, so the newest member is the longest: grow while the padded batch
-        # (members x longest) stays inside the token budget.
-        j = i + 1
-        while j < n and (j - i + 1) * int(lengths[order[j]]) <= budget:
-            j += 1
-        idx = order[i:j]
+    for idx in budget_batches(lengths, budget):
         out = teacher.encode([window.ids[k] for k in idx], normalize)
         for pooling, vecs in out.items():
             vectors[pooling][idx] = vecs
-        i = j
 
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,20 @@ def resolve_teacher(name: str | None) -> str:
         except ImportError:
             return DEFAULT_TEACHER
     return name
+
+
+def budget_batches(lengths: np.ndarray, budget: int) -> Iterator[np.ndarray]:
+    """Indices into ``lengths`` in batches of similar length, each within ``budget`` padded
+    tokens: sorted ascending, so a batch's newest member is its longest, and a batch grows
+    while (members x longest) stays inside the budget."""
+    order = np.argsort(lengths, kind="stable")
+    n, i = len(order), 0
+    while i < n:
+        j = i + 1
+        while j < n and (j - i + 1) * int(lengths[order[j]]) <= budget:
+            j += 1
+        yield order[i:j]
+        i = j
 
 
 def resolve_device(device: str) -> torch.device:

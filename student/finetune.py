@@ -33,20 +33,20 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 
-from cache import Cache, CacheError, open_cache
-from cache.files import write_atomic
+from cache import Cache, open_cache
+from cache.files import fsync_dir, sha256_file, write_atomic, write_file
 from cache.task_data import read_task
 from cache.tasks import STSB_MAX, TaskSpec, dev_splits
 from student.checkpoint import optimizer_files, optimizer_state
+from student.dist import resolve_device
 from student.encoder import StudentEncoder
 from student.errors import StudentError
 from student.metrics import task_scores
 from student.model import BiLSTMEncoder
 from student.task_data import Examples, Sentences, example_batches, load_examples, load_sentences
 from student.task_model import HEADS, TaskHead
-from student.train import TrainConfig, resolve_bf16, student_config
+from student.train import TrainConfig, cache_tokenizer, resolve_bf16, student_config
 
 SCRATCH, TEACHER = "scratch", "teacher"
 RUN_FILE, METRICS_JSON, METRICS_LOG = "finetune.json", "metrics.json", "metrics.jsonl"
@@ -95,18 +95,19 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune into ``cfg.out``; returns the dev metrics written to metrics.json."""
     cfg.cache, cfg.out = Path(cfg.cache), Path(cfg.out)
     _check_options(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     bf16 = resolve_bf16(cfg.bf16, device)
 
     # -- the task cache and the student ---------------------------------------------------
     cache = open_cache(cfg.cache)
-    task = read_task(cache).task
+    task_data = read_task(cache)
+    task = task_data.task
     if task.name != _task_name(cfg.task):
         raise StudentError(
             f"--task {cfg.task} but {cfg.cache} holds {task.name}; build a cache with "
             f"`pipeline embed --corpus glue:{_task_name(cfg.task)}`"
         )
-    splits = [s for s in read_task(cache).splits]
+    splits = list(task_data.splits)
     evals = list(dev_splits(task))
     for split in ("train", *evals):
         if split not in splits:
@@ -327,6 +328,7 @@ def _evaluate(
     device: torch.device,
     bf16: bool,
 ) -> tuple[dict[str, float], np.ndarray]:
+    was_training = model.training
     model.eval()
     outputs = np.empty((len(ex),) if task.is_regression else (len(ex), task.num_labels), np.float32)
     for rows in example_batches(ex, sentences.lengths, 256, None):
@@ -335,7 +337,7 @@ def _evaluate(
             outputs[rows] = model.head(u, v).float().cpu().numpy()
     predictions = outputs * STSB_MAX if task.is_regression else outputs.argmax(-1)
     scores = task_scores(task, predictions, ex.labels) if ex.labelled else {}
-    model.train()
+    model.train(was_training)
     return scores, predictions
 
 
@@ -402,21 +404,9 @@ def _check_options(cfg: FinetuneConfig) -> None:
         raise StudentError("; ".join(problems))
 
 
-def _device(device: str) -> torch.device:
-    if device not in ("auto", "cpu", "cuda"):
-        raise StudentError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise StudentError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
-
-
 def _load_student(cfg: FinetuneConfig, cache: Cache) -> StudentEncoder | None:
     """The encoder to fine-tune, checked against the task cache's teacher and tokenizer."""
-    try:
-        tokenizer = Tokenizer.from_file(str(cache.tokenizer_path))
-    except Exception:
-        raise CacheError(f"task cache {cache.path} has no readable tokenizer.json") from None
+    tokenizer = cache_tokenizer(cache)
     if cfg.student == TEACHER:
         return None
     if cfg.student == SCRATCH:
@@ -457,7 +447,7 @@ def _identity(cfg: FinetuneConfig, cache: Cache, encoder: StudentEncoder | None)
             if (weights / "model.safetensors").is_file()
             else (weights / ENCODER_DIR / "model.safetensors")
         )
-        student = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        student = sha256_file(weights)[:16]
     return {"options": options, "student_weights": student, "cache": cache.manifest.fingerprint}
 
 
@@ -580,7 +570,8 @@ def _save_checkpoint(out: Path, model: _Model, optimizer: _Optimizers, state: _S
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, data in files.items():
-        (tmp / name).write_bytes(data)
+        write_file(tmp / name, data)
+    fsync_dir(tmp)
     old = out / f".{CHECKPOINT_DIR}.old"
     shutil.rmtree(old, ignore_errors=True)
     if (out / CHECKPOINT_DIR).exists():

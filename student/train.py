@@ -111,7 +111,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- setup: the cache and the student's shape ---------------------------------------------
     cache = open_cache(cfg.cache)
     check_trainable(cache, cfg.pooling)
-    tokenizer = _cache_tokenizer(cache)
+    tokenizer = cache_tokenizer(cache)
     student_cfg = student_config(cfg, cache, tokenizer)
     bf16 = resolve_bf16(cfg.bf16, dist.device)
     data_cfg = DataConfig(
@@ -386,7 +386,7 @@ def _check_options(cfg: TrainConfig) -> None:
         raise StudentError("; ".join(problems))
 
 
-def _cache_tokenizer(cache: Cache) -> Tokenizer:
+def cache_tokenizer(cache: Cache) -> Tokenizer:
     try:
         return Tokenizer.from_file(str(cache.tokenizer_path))
     except Exception:
