@@ -461,7 +461,7 @@ def _prepare_out(cfg: FinetuneConfig, identity: dict[str, Any]) -> dict[str, Any
     if out.exists() and not out.is_dir():
         raise StudentError(f"--out {out} is a file; choose a folder")
     run_file = out / RUN_FILE
-    existing = json.loads(run_file.read_text()) if run_file.is_file() else None
+    existing = _read_json(run_file) if run_file.is_file() else None
     if existing is None and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise StudentError(f"--out {out} is not empty and holds no finetune run; choose another")
     same = existing is not None and existing.get("fingerprint") == _fingerprint(identity)
@@ -472,7 +472,7 @@ def _prepare_out(cfg: FinetuneConfig, identity: dict[str, Any]) -> dict[str, Any
         )
     if same and (out / METRICS_JSON).is_file() and not cfg.overwrite:
         print(f"{out} is already complete; nothing to do", file=sys.stderr)
-        return json.loads((out / METRICS_JSON).read_text())
+        return _read_json(out / METRICS_JSON)
     if same and not cfg.resume and not cfg.overwrite and (out / CHECKPOINT_DIR).exists():
         raise StudentError(f"{out} holds an unfinished run of this config; pass --resume")
     if cfg.overwrite or not same:
@@ -536,6 +536,18 @@ class _Optimizers:
     def step(self) -> None:
         for o in self.all:
             o.step()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudentError(
+            f"{path} is unreadable ({type(e).__name__}); pass --overwrite to start the run over"
+        ) from None
+    if not isinstance(data, dict):
+        raise StudentError(f"{path} is not a finetune file; pass --overwrite to start over")
+    return data
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -213,6 +213,9 @@ def test_bad_input(tmp_path, caches, fresh_student, tiny_bert):
     finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=1))
     with pytest.raises(StudentError, match="different finetune run"):
         finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=2))
+    (tmp_path / "other" / "finetune.json").write_bytes(b"\xff{not json")
+    with pytest.raises(StudentError, match="unreadable"):
+        finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=1))
 
 
 def test_metrics_against_hand_computed_values():
