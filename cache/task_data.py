@@ -11,6 +11,12 @@ manifest with their sha256:
 
 Sentences are stored once however many examples use them, so the teacher ran once per text,
 and fine-tuning joins examples to token ids and teacher vectors by id.
+
+A cache made by a teacher fine-tuned on the task (``--outputs logits,...``) also holds
+``logits-SPLIT.arrow``: the teacher's logits per example, row for row with
+``examples-SPLIT.arrow`` (pairs were encoded jointly, as BERT reads them), and ``task.json``
+says which teacher and task they came from. With ``--augment`` a split ``augmented`` holds
+unlabelled, teacher-labelled variants of the training examples (Tang et al., 2019).
 """
 
 from __future__ import annotations
@@ -30,10 +36,26 @@ from cache.tasks import TaskSpec, get_task
 TASK_NAME = "task.json"
 TASK_FORMAT = "sra-task-examples"
 TASK_FORMAT_VERSION = 1
+AUGMENTED = "augmented"  # the split of augmented training examples, labelled by the teacher
 
 
 def examples_name(split: str) -> str:
     return f"examples-{split}.arrow"
+
+
+def logits_name(split: str) -> str:
+    return f"logits-{split}.arrow"
+
+
+def logits_bytes(logits: np.ndarray) -> bytes:
+    """One split's teacher logits, ``[examples, labels]`` float32, as an Arrow IPC file."""
+    logits = np.ascontiguousarray(logits, np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
+    table = pa.Table.from_arrays([column], names=["logits"])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def examples_schema(task: TaskSpec) -> pa.Schema:
@@ -76,7 +98,9 @@ def examples_bytes(
     return sink.getvalue().to_pybytes()
 
 
-def task_bytes(task: TaskSpec, rows: dict[str, int]) -> bytes:
+def task_bytes(task: TaskSpec, rows: dict[str, int], extra: dict | None = None) -> bytes:
+    """task.json; ``extra`` adds the ``logits`` (teacher, task, labels) and ``augmentation``
+    descriptions where the cache has them."""
     info = {
         "format": TASK_FORMAT,
         "format_version": TASK_FORMAT_VERSION,
@@ -84,6 +108,7 @@ def task_bytes(task: TaskSpec, rows: dict[str, int]) -> bytes:
         "pair": task.pair,
         "labels": list(task.labels) if task.labels is not None else None,
         "splits": rows,
+        **(extra or {}),
     }
     return (json.dumps(info, indent=2) + "\n").encode("utf-8")
 
@@ -94,6 +119,8 @@ class TaskData:
 
     task: TaskSpec
     splits: dict[str, int]
+    logits: dict | None = None  # teacher, finetuning_task, num_labels, splits: when cached
+    augmentation: dict | None = None  # how the `augmented` split was made
 
 
 def read_task(cache: Cache) -> TaskData:
@@ -117,7 +144,20 @@ def read_task(cache: Cache) -> TaskData:
             f"{cache.path / TASK_NAME} lists labels {info.get('labels')} but {task.name} has "
             f"{task.labels}: rebuild the task cache"
         )
-    return TaskData(task, splits)
+    logits = info.get("logits")
+    if logits is not None:
+        made_for = str(logits.get("finetuning_task") or "")
+        if made_for and _fold(made_for) != _fold(task.name):
+            raise CacheError(
+                f"the logits in {cache.path} come from a teacher fine-tuned on {made_for!r}, "
+                f"not {task.name}: rebuild the cache with a teacher fine-tuned on {task.name}"
+            )
+        if logits.get("num_labels") != task.num_labels:
+            raise CacheError(
+                f"the logits in {cache.path} have {logits.get('num_labels')} labels but "
+                f"{task.name} has {task.num_labels}: rebuild the task cache"
+            )
+    return TaskData(task, splits, logits, info.get("augmentation"))
 
 
 def read_examples(cache: Cache, split: str) -> pa.Table:
@@ -143,6 +183,39 @@ def read_examples(cache: Cache, split: str) -> pa.Table:
     if len(ids) and (ids.max() >= cache.num_rows or ids.min() < -1):
         raise CacheError(f"{cache.path / name} points at sentences the cache does not hold")
     return table
+
+
+def read_logits(cache: Cache, split: str) -> np.ndarray:
+    """The teacher's logits for one split, ``[examples, labels]`` float32, checked."""
+    task = read_task(cache)
+    if task.logits is None or split not in task.logits.get("splits", []):
+        raise CacheError(
+            f"task cache {cache.path} holds no teacher logits for {split!r}; build one with "
+            f"`pipeline embed --corpus glue:{task.task.name} --teacher FINETUNED_TEACHER "
+            "--outputs logits,mean`"
+        )
+    name = logits_name(split)
+    data = _side_file(cache, name, f"pipeline embed --corpus glue:{task.task.name}")
+    try:
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+        column = table.column("logits").combine_chunks()
+        width = column.type.list_size
+        values = column.flatten().to_numpy().reshape(-1, width)
+    except (pa.ArrowInvalid, KeyError, AttributeError, ValueError) as e:
+        raise CacheError(f"{cache.path / name} is not a logits file ({e})") from None
+    if width != task.task.num_labels or len(values) != task.splits.get(split):
+        raise CacheError(
+            f"{cache.path / name} holds {len(values)} x {width} logits, but {split} has "
+            f"{task.splits.get(split)} examples of {task.task.num_labels} labels: rebuild it"
+        )
+    return values
+
+
+def _fold(name: str) -> str:
+    try:
+        return get_task(name).name
+    except ValueError:
+        return name
 
 
 def _side_file(cache: Cache, name: str, fix: str) -> bytes:

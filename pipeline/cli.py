@@ -55,6 +55,18 @@ def embed(
         "[default: sentence-transformers/all-MiniLM-L6-v2, packaged copy]",
     ),
     pooling: str = typer.Option("mean", help="Comma list of mean, cls, pooler."),
+    outputs: str | None = typer.Option(
+        None,
+        help="Comma list of what to cache: poolings (mean, cls, pooler) and `logits` (glue: "
+        "corpora, a teacher fine-tuned on the task); replaces --pooling.",
+    ),
+    augment: int = typer.Option(
+        0, help="glue: corpora: augmented variants per training example (Tang et al. 2019)."
+    ),
+    augment_modes: str | None = typer.Option(
+        None, help="Comma list of mask, replace, ngram (default: all that suit the task)."
+    ),
+    augment_seed: int = typer.Option(0, help="Seed of the augmentation."),
     max_length: int = typer.Option(128, help="Truncate sentences to this many tokens."),
     limit: int | None = typer.Option(None, help="Stop after N sentences."),
     dtype: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 where fast)."),
@@ -75,9 +87,16 @@ def embed(
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Stream a corpus through the teacher into a sharded, resumable Arrow cache."""
+    from pipeline.augment import AugmentConfig
     from pipeline.embed import EmbedConfig
     from pipeline.embed import embed as run_embed
     from pipeline.sentences import FilterConfig
+
+    wanted = [p.strip() for p in (outputs or pooling).split(",") if p.strip()]
+    poolings = tuple(p for p in wanted if p != "logits") or ("mean",)
+    modes = None
+    if augment_modes is not None:
+        modes = tuple(m.strip() for m in augment_modes.split(",") if m.strip())
 
     cfg = EmbedConfig(
         corpus=corpus,
@@ -87,7 +106,9 @@ def embed(
         split=split,
         text_field=text_field,
         teacher=teacher,
-        poolings=tuple(p.strip() for p in pooling.split(",") if p.strip()),
+        poolings=poolings,
+        logits="logits" in wanted,
+        augment=AugmentConfig(copies=augment, modes=modes, seed=augment_seed),
         max_length=max_length,
         limit=limit,
         dtype=dtype,

@@ -41,6 +41,15 @@ def finetune(
     sra_weight: float = typer.Option(
         0.0, help="Also keep approximating the cached teacher vectors: W * (1 - cosine)."
     ),
+    distill_weight: float = typer.Option(
+        0.0, help="Weight of the loss to the fine-tuned teacher's cached logits (Tang et al.)."
+    ),
+    distill_loss: str = typer.Option("mse", help="mse on logits | kl (with --temperature)."),
+    temperature: float = typer.Option(1.0, help="Softening of --distill-loss kl."),
+    label_weight: float = typer.Option(1.0, help="Weight of the gold-label loss."),
+    augmented: bool = typer.Option(
+        True, help="With --distill-weight: also train on the cache's augmented examples."
+    ),
     pooling: str = typer.Option("mean", help="Teacher vectors of the cache to use."),
     select: str = typer.Option("best", help="best (dev early stopping) | last epoch."),
     patience: int = typer.Option(2, help="With --select best: epochs without a new best."),
@@ -71,6 +80,11 @@ def finetune(
                 head_hidden=head_hidden,
                 dropout=dropout,
                 sra_weight=sra_weight,
+                distill_weight=distill_weight,
+                distill_loss=distill_loss,
+                temperature=temperature,
+                label_weight=label_weight,
+                augmented=augmented,
                 pooling=pooling,
                 select=select,
                 patience=patience,
@@ -90,7 +104,9 @@ def evaluate(
     tasks: str = typer.Option("sst2,mrpc,rte,cola,stsb", help="Comma list of GLUE tasks."),
     seeds: int = typer.Option(3, help="Seeds per task and row (mean ± std)."),
     rows: str = typer.Option(
-        "sra,scratch,sra-frozen,teacher-frozen", help="Which comparison rows to run."
+        "sra,scratch,sra-frozen,teacher-frozen",
+        help="Comparison rows: sra, scratch, sra-frozen, teacher-frozen, sra-coop, and the "
+        "task-specific tang, sra-tsd, teacher-ft.",
     ),
     glue_dir: str | None = typer.Option(
         None, help="GLUE folder for task caches not built yet (default: $GLUE_DIR, else the hub)."
@@ -98,6 +114,13 @@ def evaluate(
     caches: Path = typer.Option(Path("caches"), help="Where task caches are found or built."),
     out: Path = typer.Option(Path("runs/evaluate"), help="Runs, results.md and results.json."),
     epochs: int | None = typer.Option(None, help="Override finetune's epochs."),
+    teachers: Path = typer.Option(
+        Path("teachers"),
+        help="Fine-tuned teachers (rows tang, sra-tsd, teacher-ft): found or made.",
+    ),
+    augment: int | None = typer.Option(
+        None, help="Augmented variants per training example (default: ~12k per task, 1..20)."
+    ),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Fine-tune every row x task x seed (reusing finished runs) and print the table."""
@@ -115,13 +138,72 @@ def evaluate(
                 caches=caches,
                 out=out,
                 epochs=epochs,
+                teachers=teachers,
+                augment=augment,
                 progress=progress,
             )
         )
     print(summary["table"])
 
 
+def teacher_finetune(
+    task: str = typer.Option(..., help="GLUE task: sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte."),
+    out: Path = typer.Option(..., help="Model folder to write (save_pretrained, safetensors)."),
+    teacher: str | None = typer.Option(
+        None, help="HF BERT-family name or folder (default: the packaged all-MiniLM-L6-v2)."
+    ),
+    glue_dir: str | None = typer.Option(
+        None, help="Original GLUE TSV folder (default: $GLUE_DIR, else the hub)."
+    ),
+    epochs: int | None = typer.Option(
+        None, help="Passes over train (default: 1 above 20k examples, else 3)."
+    ),
+    batch_size: int = typer.Option(32, help="Examples per step."),
+    lr: float = typer.Option(5e-5, help="Peak learning rate (AdamW, warmup then linear decay)."),
+    max_length: int = typer.Option(128, help="Tokens per example (a pair counts both)."),
+    seed: int = typer.Option(0, help="Seed for the head and batch order."),
+    bf16: bool | None = typer.Option(None, help="bf16 autocast (default: where supported)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    save_every: int = typer.Option(500, help="Steps between mid-epoch checkpoints."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different run in OUT."),
+    trust_remote_code: bool = typer.Option(False, help="Allow custom model code from the hub."),
+    progress: bool = typer.Option(True, help="Show progress."),
+) -> None:
+    """Fine-tune the teacher on a GLUE task: a model folder whose logits stage one can cache."""
+    from pipeline.teacher_finetune import TeacherFinetuneConfig
+    from pipeline.teacher_finetune import teacher_finetune as run
+
+    with _one_line_errors():
+        metrics = run(
+            TeacherFinetuneConfig(
+                task=task,
+                out=out,
+                teacher=teacher,
+                glue_dir=glue_dir,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                max_length=max_length,
+                seed=seed,
+                bf16=bf16,
+                device=device,
+                save_every=save_every,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress,
+                trust_remote_code=trust_remote_code,
+            )
+        )
+    print(json.dumps(metrics, indent=2))
+
+
 def register(app: typer.Typer) -> None:
+    app.command(
+        "teacher-finetune",
+        epilog="Example: pipeline teacher-finetune --task sst2 --out teachers/sst2-minilm "
+        "--glue-dir ../shared/data/glue",
+    )(teacher_finetune)
     app.command(
         epilog="Example: pipeline finetune --student runs/sra-minilm --task sst2 "
         "--cache caches/sst2-minilm --out runs/sst2"

@@ -28,6 +28,8 @@ import torch
 
 from cache import CacheWriter, Manifest, merge_rank_manifests, sentence_schema
 from cache.manifest import EMBEDDINGS_NAME, TOKENIZER_NAME
+from cache.task_data import TASK_NAME, logits_bytes, logits_name
+from pipeline.augment import AugmentConfig, Neighbours, augment_examples
 from pipeline.corpus import CorpusSpec, CorpusStats, describe_corpus
 from pipeline.errors import PipelineError
 from pipeline.progress import EmbedProgress
@@ -63,6 +65,8 @@ class EmbedConfig:
     progress: bool = True
     trust_remote_code: bool = False
     compile: bool = False  # torch.compile the teacher: ~30 s up front, ~20% faster on CPU
+    logits: bool = False  # glue: corpora only: also cache a fine-tuned teacher's logits
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # glue: training examples
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -90,6 +94,10 @@ def embed(cfg: EmbedConfig) -> Manifest:
 
     spec = CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field)
     task = None
+    if (cfg.logits or cfg.augment.copies) and not is_task_corpus(cfg.corpus):
+        raise PipelineError(
+            "logits and --augment are per task example: use them with --corpus glue:TASK"
+        )
     if is_task_corpus(cfg.corpus):
         if cfg.limit is not None or world > 1:
             raise PipelineError(
@@ -97,7 +105,10 @@ def embed(cfg: EmbedConfig) -> Manifest:
             )
         # Read and check every split now, before the teacher loads or --out is touched.
         task = load_task_corpus(cfg.corpus, cfg.glue_dir)
+        cfg.augment.check(task.task)
         corpus_info = {"task": task.describe()}
+        if cfg.augment.copies:
+            corpus_info["augmentation"] = cfg.augment.describe(task.task)
     else:
         stats = CorpusStats()
         # Pull one sentence now: a missing, empty or unreachable corpus fails before the
@@ -121,7 +132,12 @@ def embed(cfg: EmbedConfig) -> Manifest:
         cfg.device,
         cfg.trust_remote_code,
         compile=cfg.compile,
+        logits=cfg.logits,
     )
+    if task is not None and cfg.logits:
+        _check_logits_teacher(teacher, task)
+    if task is not None and cfg.augment.copies:
+        task = _augment(task, teacher, cfg.augment)
     budget = cfg.token_budget or (32768 if teacher.device.type == "cuda" else 4096)
     budget = max(budget, cfg.max_length)
     config = {
@@ -170,7 +186,7 @@ def embed(cfg: EmbedConfig) -> Manifest:
             stats = _run(read_windows(plan), teacher, writer, budget, cfg.normalize, progress)
         seconds = time.monotonic() - t0
         if task is not None:
-            _write_task_files(writer, task)
+            _write_task_files(writer, task, teacher if cfg.logits else None, budget)
         sps, tps = progress.rate
         manifest = writer.finish(
             {
@@ -266,8 +282,11 @@ def _write_side_files(writer: CacheWriter, teacher: Teacher) -> None:
         writer.put_file(EMBEDDINGS_NAME, data)
 
 
-def _write_task_files(writer: CacheWriter, task: TaskCorpus) -> None:
-    """The examples of each split, once every sentence they point at is in the cache."""
+def _write_task_files(
+    writer: CacheWriter, task: TaskCorpus, teacher: Teacher | None, budget: int
+) -> None:
+    """The examples of each split, once every sentence they point at is in the cache; then the
+    teacher's logits per split (each split's file is a resume point); task.json last."""
     writer.flush()
     assert writer.manifest is not None
     rows = writer.manifest.num_rows
@@ -276,8 +295,84 @@ def _write_task_files(writer: CacheWriter, task: TaskCorpus) -> None:
             f"{writer.path} holds {rows:,} of the task's {len(task.sentences):,} sentences; "
             "rerun the same command to resume"
         )
-    for name, data in task.side_files().items():
-        writer.put_file(name, data)
+    if teacher is not None:
+        task.extra["logits"] = {
+            "teacher": teacher.name,
+            "finetuning_task": teacher.finetuning_task or task.task.name,
+            "num_labels": teacher.num_labels,
+            "splits": list(task.examples),
+        }
+    files = task.side_files()
+    for name, data in files.items():
+        if name != TASK_NAME:
+            writer.put_file(name, data)
+    if teacher is not None:
+        assert writer.manifest is not None
+        for split, examples in task.examples.items():
+            if logits_name(split) in writer.manifest.files:
+                continue  # written before an interruption; the fingerprint vouches for it
+            t0 = time.monotonic()
+            writer.put_file(logits_name(split), logits_bytes(_logits(teacher, examples, budget)))
+            _log(f"{split}: logits of {len(examples):,} examples in {time.monotonic() - t0:.0f} s")
+    writer.put_file(TASK_NAME, files[TASK_NAME])
+
+
+def _logits(teacher: Teacher, examples: list, budget: int) -> np.ndarray:
+    """The fine-tuned teacher's logits per example; a pair is one sequence, as in fine-tuning."""
+    if examples and examples[0].text_b is not None:
+        encodings = teacher.backend.encode_batch([(e.text_a, e.text_b) for e in examples])
+    else:
+        encodings = teacher.backend.encode_batch([e.text_a for e in examples])
+    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int32)
+    out = np.zeros((len(examples), teacher.num_labels), np.float32)
+    for idx in budget_batches(lengths, budget):
+        batch = [encodings[k] for k in idx]
+        out[idx] = teacher.logits([e.ids for e in batch], [e.type_ids for e in batch])
+    return out
+
+
+def _check_logits_teacher(teacher: Teacher, task: TaskCorpus) -> None:
+    """Logits only mean something from a teacher fine-tuned on this task's label set."""
+    spec = task.task
+    if teacher.num_labels != spec.num_labels:
+        raise PipelineError(
+            f"teacher {teacher.name!r} has {teacher.num_labels} output labels but {spec.name} "
+            f"has {spec.num_labels}: fine-tune a teacher on {spec.name} with "
+            f"`pipeline teacher-finetune --task {spec.name}`"
+        )
+    made_for = teacher.finetuning_task
+    if made_for:
+        from cache.tasks import get_task
+
+        try:
+            same = get_task(made_for).name == spec.name
+        except ValueError:
+            same = False
+        if not same:
+            raise PipelineError(
+                f"teacher {teacher.name!r} was fine-tuned on {made_for!r}, not {spec.name}: its "
+                f"logits would be another task's; use a teacher fine-tuned on {spec.name}"
+            )
+
+
+def _augment(task: TaskCorpus, teacher: Teacher, cfg: AugmentConfig) -> TaskCorpus:
+    """The task plus augmented training examples (pipeline/augment.py), deterministic by seed."""
+    train = task.examples["train"]
+    neighbours = None
+    if "replace" in cfg.resolved_modes(task.task):
+        words = (w for e in train for t in (e.text_a, e.text_b or "") for w in t.split())
+        neighbours = Neighbours(
+            teacher.backend.get_vocab(with_added_tokens=False),
+            teacher.embedding_matrix(),
+            words,
+            cfg.neighbours,
+            list(teacher.special_ids.values()),
+        )
+    mask_id = teacher.special_ids.get("mask")
+    mask = teacher.backend.id_to_token(mask_id) if mask_id is not None else "[MASK]"
+    augmented = augment_examples(train, task.task, cfg, neighbours, mask)
+    _log(f"augmentation: {len(augmented):,} variants of {len(train):,} training examples")
+    return task.with_augmented(augmented, cfg.describe(task.task))
 
 
 def _init_process_group() -> None:

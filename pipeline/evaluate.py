@@ -12,6 +12,17 @@ and, on request (``--rows ...,sra-coop``), the paper's cooperation with distilla
 task itself: row 1 plus ``--sra-weight 1`` (keep approximating the cached teacher vectors of
 the task's sentences while learning the labels).
 
+Task-specific distillation (``--rows ...,tang,sra-tsd,teacher-ft``) needs the teacher
+fine-tuned on each task (found under ``--teachers``, else made by ``teacher-finetune``) and a
+task cache of its logits on the training examples plus augmented variants (found under
+``--caches``, else built by stage one):
+
+5. ``tang``: the BiLSTM from random initialisation, trained on gold labels plus MSE to the
+   fine-tuned teacher's logits on the augmented transfer set (Tang et al., 2019);
+6. ``sra-tsd``: the same, starting from the SRA-distilled student (the paper's combined
+   setting);
+7. ``teacher-ft``: the fine-tuned teacher itself, scored from its cached dev logits.
+
 Each (task, row, seed) is one `finetune` run under OUT/TASK/ROW/seedN; finished runs are
 reused, so an interrupted evaluation resumes where it stopped. Missing task caches are built
 with stage one from the GLUE folder (or the hub) with the student's own teacher.
@@ -37,7 +48,12 @@ ROWS: dict[str, str] = {
     "sra-frozen": "SRA student frozen + linear head",
     "teacher-frozen": "teacher vectors frozen + linear head",
     "sra-coop": "SRA student, fine-tuned with --sra-weight 1",
+    "tang": "Tang et al.: BiLSTM, random init, logits + augmentation",
+    "sra-tsd": "SRA student + task-specific distillation",
+    "teacher-ft": "fine-tuned teacher",
 }
+TASK_SPECIFIC = ("tang", "sra-tsd", "teacher-ft")
+AUGMENT_TARGET = 12_000  # augmented examples per task by default (at least 1 per example)
 DEFAULT_ROWS = ["sra", "scratch", "sra-frozen", "teacher-frozen"]
 PERCENT = ("accuracy", "f1")  # shown x100, as GLUE tables do; correlations stay in [-1, 1]
 
@@ -52,6 +68,8 @@ class EvaluateConfig:
     caches: Path = Path("caches")
     out: Path = Path("runs/evaluate")
     epochs: int | None = None
+    teachers: Path = Path("teachers")  # fine-tuned teachers, found or made per task
+    augment: int | None = None  # variants per training example; None: ~12k per task (1..20)
     progress: bool = True
 
 
@@ -73,16 +91,27 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for task in tasks:
         cache = _task_cache(task, teacher, cfg)
+        ft_cache = None
+        if any(r in TASK_SPECIFIC for r in cfg.rows):
+            ft_cache = _finetuned_cache(task, teacher, cache, cfg)
         results[task.name] = {}
         for row in cfg.rows:
+            if row == "teacher-ft":
+                assert ft_cache is not None
+                scores = _teacher_scores(task, ft_cache)
+                results[task.name][row] = {m: [scores[m]] for m in task.metrics}
+                continue
             runs = []
             for seed in range(cfg.seeds):
                 run_cfg = FinetuneConfig(
-                    student={"scratch": "scratch", "teacher-frozen": "teacher"}.get(
-                        row, cfg.student
-                    ),
+                    student={
+                        "scratch": "scratch",
+                        "teacher-frozen": "teacher",
+                        "tang": "scratch",
+                    }.get(row, cfg.student),
                     task=task.name,
-                    cache=cache,
+                    cache=ft_cache if row in TASK_SPECIFIC and ft_cache else cache,
+                    distill_weight=1.0 if row in TASK_SPECIFIC else 0.0,
                     out=cfg.out / task.name / row / f"seed{seed}",
                     freeze_encoder=row == "sra-frozen",
                     sra_weight=1.0 if row == "sra-coop" else 0.0,
@@ -98,6 +127,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     table = markdown_table(results, tasks, cfg.rows)
     cfg.out.mkdir(parents=True, exist_ok=True)
     summary = {"student": cfg.student, "seeds": cfg.seeds, "results": results}
+    if ft_cache_used := [r for r in cfg.rows if r in TASK_SPECIFIC]:
+        summary["teachers"] = str(cfg.teachers)
+        summary["task_specific_rows"] = ft_cache_used
     (cfg.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (cfg.out / "results.md").write_text(table + "\n")
     return summary | {"table": table}
@@ -151,6 +183,74 @@ def _task_cache(task: TaskSpec, teacher: str, cfg: EvaluateConfig) -> Path:
         )
     )
     return out
+
+
+def augment_copies(train_examples: int, augment: int | None) -> int:
+    """Variants per training example: as asked, else about AUGMENT_TARGET in all (1 to 20)."""
+    if augment is not None:
+        return augment
+    return max(1, min(20, AUGMENT_TARGET // max(1, train_examples)))
+
+
+def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateConfig) -> Path:
+    """The task cache of a teacher fine-tuned on the task: its logits on train, dev and the
+    augmented examples. The fine-tuned teacher is made first when --teachers lacks it."""
+    from pipeline.augment import AugmentConfig
+    from pipeline.embed import EmbedConfig, embed
+    from pipeline.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+
+    folder = cfg.teachers / f"{task.name}-{_slug(teacher)}"
+    if not (folder / "metrics.json").is_file():
+        print(f"fine-tuning the teacher on {task.name} into {folder}", file=sys.stderr)
+        teacher_finetune(
+            TeacherFinetuneConfig(
+                task=task.name,
+                out=folder,
+                teacher=teacher or None,
+                glue_dir=cfg.glue_dir,
+                resume=True,
+                progress=cfg.progress,
+            )
+        )
+    copies = augment_copies(
+        read_task(open_cache(plain, checksums=False)).splits["train"], cfg.augment
+    )
+    out = cfg.caches / f"{task.name}-{folder.name}-aug{copies}"
+    try:
+        if open_cache(out, checksums=False).manifest.status == "complete":
+            return out
+    except CacheError:
+        pass
+    print(
+        f"building the task cache {out} (logits of {folder}, {copies} augmented per example)",
+        file=sys.stderr,
+    )
+    embed(
+        EmbedConfig(
+            corpus=f"glue:{task.name}",
+            out=out,
+            glue_dir=cfg.glue_dir,
+            teacher=str(folder),
+            logits=True,
+            augment=AugmentConfig(copies=copies),
+            progress=cfg.progress,
+        )
+    )
+    return out
+
+
+def _teacher_scores(task: TaskSpec, cache: Path) -> dict[str, float]:
+    """The fine-tuned teacher's dev metrics, from the logits stage one cached: no teacher run."""
+    from cache.task_data import read_examples, read_logits
+    from cache.tasks import dev_splits
+    from student.metrics import task_scores
+
+    opened = open_cache(cache)
+    split = dev_splits(task)[0]
+    logits = read_logits(opened, split)
+    predictions = logits[:, 0] if task.is_regression else logits.argmax(-1)
+    labels = read_examples(opened, split).column("label").to_numpy()
+    return task_scores(task, predictions, labels)
 
 
 def _slug(teacher: str) -> str:

@@ -9,11 +9,11 @@ that list. Once every sentence is in the cache, ``task.json`` and one
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cache.task_data import TASK_NAME, examples_bytes, examples_name, task_bytes
+from cache.task_data import AUGMENTED, TASK_NAME, examples_bytes, examples_name, task_bytes
 from cache.tasks import TaskSpec, dev_splits, get_task
 from pipeline.errors import PipelineError
 from pipeline.glue import Example, describe_task_source, read_split, task_sentences
@@ -32,9 +32,19 @@ class TaskCorpus:
     glue_dir: Path | None
     examples: dict[str, list[Example]]  # split -> examples, in file order
     sentences: list[str]  # what stage one embeds; a text's cache id is its index here
+    extra: dict[str, Any] = field(default_factory=dict)  # task.json's logits / augmentation
 
     def describe(self) -> dict[str, Any]:
-        return describe_task_source(self.task, self.glue_dir, list(self.examples))
+        return describe_task_source(
+            self.task, self.glue_dir, [s for s in self.examples if s != AUGMENTED]
+        )
+
+    def with_augmented(self, augmented: list[Example], description: dict[str, Any]) -> TaskCorpus:
+        """The corpus plus a split of augmented examples; their new texts go after all others,
+        so every original sentence keeps its id."""
+        examples = {**self.examples, AUGMENTED: augmented}
+        extra = {**self.extra, "augmentation": description}
+        return replace(self, examples=examples, sentences=task_sentences(examples), extra=extra)
 
     def side_files(self) -> dict[str, bytes]:
         """task.json and the examples of every split, joined to sentence ids by text."""
@@ -49,7 +59,7 @@ class TaskCorpus:
                 [position[e.text_b] for e in examples] if self.task.pair else None,  # type: ignore[index]
             )
         rows = {split: len(examples) for split, examples in self.examples.items()}
-        files[TASK_NAME] = task_bytes(self.task, rows)
+        files[TASK_NAME] = task_bytes(self.task, rows, self.extra)
         return files
 
 

@@ -94,6 +94,7 @@ class Teacher:
         device: str = "auto",
         trust_remote_code: bool = False,
         compile: bool = False,
+        logits: bool = False,
     ) -> None:
         bad = [p for p in poolings if p not in POOLINGS]
         if bad or not poolings:
@@ -109,13 +110,19 @@ class Teacher:
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = max_length
         self.compiled = compile
+        self.has_logits = logits
         self._load(trust_remote_code)
 
     # -- loading ------------------------------------------------------------------------
 
     def _load(self, trust_remote_code: bool) -> None:
         import transformers
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoModel,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         # Our own progress bar is the one to watch; weight-loading bars are noise here.
         transformers.utils.logging.disable_progress_bar()
@@ -130,7 +137,8 @@ class Teacher:
             tokenizer = AutoTokenizer.from_pretrained(
                 self.source, use_fast=True, trust_remote_code=trust_remote_code
             )
-            model, info = AutoModel.from_pretrained(
+            auto = AutoModelForSequenceClassification if self.has_logits else AutoModel
+            model, info = auto.from_pretrained(
                 self.source,
                 config=config,
                 output_loading_info=True,
@@ -138,6 +146,21 @@ class Teacher:
             )
         except (OSError, ValueError) as e:
             raise PipelineError(_load_error(self.name, e)) from None
+        classifier = None
+        if self.has_logits:
+            # A plain encoder loads into this class too, with a freshly initialised head:
+            # logits from random weights must be refused, not cached.
+            archs = " ".join(getattr(config, "architectures", None) or [])
+            head_missing = [
+                k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix)
+            ]
+            if "ForSequenceClassification" not in archs or head_missing:
+                raise PipelineError(
+                    f"teacher {self.name!r} has no trained classification head, so it has no "
+                    "logits to cache; fine-tune one with `pipeline teacher-finetune`, or drop "
+                    "logits from --outputs"
+                )
+            classifier, model = model, model.base_model
         if not getattr(tokenizer, "is_fast", False):
             raise PipelineError(
                 f"teacher {self.name!r} has no fast (Rust) tokenizer.json; convert it or pick "
@@ -151,12 +174,15 @@ class Teacher:
                     "--pooling (use mean or cls)"
                 )
         self.config = config
+        self.num_labels = int(config.num_labels) if classifier is not None else 0
+        self.finetuning_task = getattr(config, "finetuning_task", None)
+        self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         self.model = model.to(self.device).eval()
         if self.dtype != "fp32":
             # Autocast would cast every Linear weight to this dtype on every forward pass;
             # casting once gives bit-identical outputs ~12% faster. LayerNorm, embeddings and
             # softmax stay fp32, as autocast keeps them.
-            for module in self.model.modules():
+            for module in (self.classifier or self.model).modules():
                 if isinstance(module, torch.nn.Linear):
                     module.to(DTYPES[self.dtype])
         self._forward = self.model
@@ -198,6 +224,11 @@ class Teacher:
             "max_length": self.max_length,
             "dtype": self.dtype,
             "compiled": self.compiled,
+            **(
+                {"logits": {"num_labels": self.num_labels, "finetuning_task": self.finetuning_task}}
+                if self.classifier is not None
+                else {}
+            ),
         }
 
     def embedding_matrix(self) -> np.ndarray:
@@ -242,6 +273,31 @@ class Teacher:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
             result[pooling] = vec.cpu().numpy()
         return result
+
+    @torch.inference_mode()
+    def logits(self, batch: list[list[int]], type_ids: list[list[int]]) -> np.ndarray:
+        """The classification head's logits for one batch of examples, float32 `[n, labels]`.
+
+        A pair arrives as one sequence (``[CLS] a [SEP] b [SEP]`` with its token types), as
+        the teacher was fine-tuned on it.
+        """
+        assert self.classifier is not None, "load the teacher with logits=True"
+        n, length = len(batch), max(len(x) for x in batch)
+        ids = np.full((n, length), self.pad_id, dtype=np.int64)
+        types = np.zeros((n, length), dtype=np.int64)
+        mask = np.zeros((n, length), dtype=np.int64)
+        for i, (x, t) in enumerate(zip(batch, type_ids, strict=True)):
+            ids[i, : len(x)], types[i, : len(x)], mask[i, : len(x)] = x, t, 1
+        inputs = {
+            "input_ids": torch.from_numpy(ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+        }
+        if getattr(self.config, "type_vocab_size", 0) > 1:
+            inputs["token_type_ids"] = torch.from_numpy(types).to(self.device)
+        enabled = self.dtype != "fp32"
+        with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=enabled):
+            out = self.classifier(**inputs)
+        return out.logits.float().cpu().numpy()
 
 
 def _backend_tokenizer(tokenizer: Any, max_length: int) -> Any:

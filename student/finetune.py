@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from cache import Cache, open_cache
 from cache.files import fsync_dir, sha256_file, write_atomic, write_file
-from cache.task_data import read_task
+from cache.task_data import AUGMENTED, read_logits, read_task
 from cache.tasks import STSB_MAX, TaskSpec, dev_splits
 from student.checkpoint import optimizer_files, optimizer_state
 from student.dist import resolve_device
@@ -45,7 +45,7 @@ from student.errors import StudentError
 from student.metrics import task_scores
 from student.model import BiLSTMEncoder
 from student.task_data import Examples, Sentences, example_batches, load_examples, load_sentences
-from student.task_model import HEADS, TaskHead
+from student.task_model import DISTILL_LOSSES, HEADS, TaskHead, distill_loss
 from student.train import TrainConfig, cache_tokenizer, resolve_bf16, student_config
 
 SCRATCH, TEACHER = "scratch", "teacher"
@@ -72,6 +72,11 @@ class FinetuneConfig:
     head_hidden: int = 512
     dropout: float = 0.1
     sra_weight: float = 0.0  # weight of (1 - cosine to the cached teacher vectors)
+    distill_weight: float = 0.0  # weight of the loss to a fine-tuned teacher's cached logits
+    distill_loss: str = "mse"  # mse on logits (Tang et al. 2019) | kl (soft targets, Hinton)
+    temperature: float = 1.0  # with distill_loss kl
+    label_weight: float = 1.0  # weight of the gold-label loss (labelled examples only)
+    augmented: bool = True  # with distill_weight > 0: also train on the cache's augmented split
     pooling: str = "mean"  # which cached teacher vectors: SRA targets, teacher features
     select: str = "best"  # best: keep the best dev epoch (early stopping) | last
     patience: int = 2  # with select=best: stop after this many epochs without a new best
@@ -107,7 +112,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             f"--task {cfg.task} but {cfg.cache} holds {task.name}; build a cache with "
             f"`pipeline embed --corpus glue:{_task_name(cfg.task)}`"
         )
-    splits = list(task_data.splits)
+    splits = [s for s in task_data.splits if s != AUGMENTED]
     evals = list(dev_splits(task))
     for split in ("train", *evals):
         if split not in splits:
@@ -121,6 +126,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     for split in ("train", *evals):
         if not data[split].labelled:
             raise StudentError(f"split {split!r} of {cfg.cache} has examples without labels")
+    train, train_logits = data["train"], None
+    if cfg.distill_weight > 0:
+        # The transfer set: the training examples plus, when the cache has them, augmented
+        # variants that only the teacher labelled (Tang et al. 2019).
+        train_logits = read_logits(cache, "train")
+        if cfg.augmented and AUGMENTED in task_data.splits:
+            extra = load_examples(cache, AUGMENTED, task.pair)
+            train = _concat(train, extra)
+            train_logits = np.concatenate([train_logits, read_logits(cache, AUGMENTED)])
 
     identity = _identity(cfg, cache, encoder)
     done = _prepare_out(cfg, identity)
@@ -133,10 +147,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     model = _Model(encoder.model if encoder is not None else None, head).to(device)
     features = None
     if cfg.frozen:  # vectors never change: compute each sentence's once, train the head only
-        needed = np.unique(np.concatenate([_ids(data[s]) for s in splits]))
+        needed = np.unique(np.concatenate([_ids(train)] + [_ids(data[s]) for s in splits]))
         features = _frozen_features(model, sentences, needed, encoder, device, bf16)
     optimizer = _Optimizers(model, cfg)
-    steps_per_epoch = math.ceil(len(data["train"]) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     epochs = cfg.epochs or epochs_for(steps_per_epoch, cfg.frozen)
     total = steps_per_epoch * epochs
     warmup = max(1, int(cfg.warmup * total))
@@ -152,7 +166,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     pad = encoder.config.pad_id if encoder is not None else 0
     log = _Log(cfg.out / METRICS_LOG, cfg.progress)
     log.line(
-        f"fine-tuning {cfg.student} on {task.name}: {len(data['train']):,} train / "
+        f"fine-tuning {cfg.student} on {task.name}: {len(train):,} train / "
         + " / ".join(f"{len(data[s]):,} {s}" for s in evals)
         + f" examples, {cfg.head_kind} head{', encoder frozen' if cfg.frozen else ''}, "
         f"{device.type}{' bf16' if bf16 else ''}, {epochs} epochs of {steps_per_epoch:,} steps"
@@ -166,13 +180,23 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         model.train()
         losses: list[float] = []
         t0 = time.perf_counter()
-        batches = list(example_batches(data["train"], sentences.lengths, cfg.batch_size, rng))
+        batches = list(example_batches(train, sentences.lengths, cfg.batch_size, rng))
         with log.bar(f"epoch {epoch + 1}/{epochs}", len(batches)) as advance:
             for rows in batches:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(state.step)
                 loss = _loss(
-                    model, task, data["train"], rows, sentences, features, pad, cfg, device, bf16
+                    model,
+                    task,
+                    train,
+                    train_logits,
+                    rows,
+                    sentences,
+                    features,
+                    pad,
+                    cfg,
+                    device,
+                    bf16,
                 )
                 if not torch.isfinite(loss):
                     raise StudentError(
@@ -196,7 +220,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             "epoch": epoch + 1,
             "step": state.step,
             "loss": float(np.mean(losses)),
-            "examples_per_s": round(len(data["train"]) / seconds, 1),
+            "examples_per_s": round(len(train) / seconds, 1),
             **{f"{s}_{k}": v for s, m in scores.items() for k, v in m.items()},
         }
         log.write(record)
@@ -289,6 +313,7 @@ def _loss(
     model: _Model,
     task: TaskSpec,
     ex: Examples,
+    teacher_logits: np.ndarray | None,
     rows: np.ndarray,
     sentences: Sentences,
     features: torch.Tensor | None,
@@ -300,13 +325,27 @@ def _loss(
     with _autocast(device, bf16):
         u, v = _vectors(model, ex, rows, sentences, features, pad, device)
         out = model.head(u, v)
-    labels = torch.from_numpy(ex.labels[rows]).to(device)
-    if task.is_regression:
-        # Scores scaled to [0, 1]: MSE on STS-B's 0-5 scale makes gradients 25x larger than
-        # cross-entropy's and trains far worse at the same learning rate.
-        loss = F.mse_loss(out.float(), labels.float() / STSB_MAX)
-    else:
-        loss = F.cross_entropy(out.float(), labels)
+    out = out.float()
+    loss = out.new_zeros(())
+    labels = ex.labels[rows]
+    known = ~np.isnan(labels) if task.is_regression else labels >= 0  # augmented: unlabelled
+    if cfg.label_weight > 0 and known.any():
+        keep = torch.from_numpy(known).to(device)
+        gold = torch.from_numpy(labels[known]).to(device)
+        if task.is_regression:
+            # Scores scaled to [0, 1]: MSE on STS-B's 0-5 scale makes gradients 25x larger
+            # than cross-entropy's and trains far worse at the same learning rate.
+            label_loss = F.mse_loss(out[keep], gold.float() / STSB_MAX)
+        else:
+            label_loss = F.cross_entropy(out[keep], gold)
+        loss = loss + cfg.label_weight * label_loss
+    if teacher_logits is not None:
+        target = torch.from_numpy(teacher_logits[rows]).to(device)
+        if task.is_regression:  # the teacher predicts the 0-5 score; the head, score / 5
+            target = target[:, 0] / STSB_MAX
+        loss = loss + cfg.distill_weight * distill_loss(
+            out, target, cfg.distill_loss, cfg.temperature
+        )
     if cfg.sra_weight > 0 and features is None:
         # Keep approximating the teacher on the task's own sentences (cosine: the student may
         # have been trained on unit-length targets, the cache holds raw vectors).
@@ -367,6 +406,16 @@ def _frozen_features(
     return out
 
 
+def _concat(a: Examples, b: Examples) -> Examples:
+    second = None if a.second is None or b.second is None else np.concatenate([a.second, b.second])
+    return Examples(
+        np.concatenate([a.idx, b.idx]),
+        np.concatenate([a.labels, b.labels]),
+        np.concatenate([a.first, b.first]),
+        second,
+    )
+
+
 def _ids(ex: Examples) -> np.ndarray:
     return ex.first if ex.second is None else np.concatenate([ex.first, ex.second])
 
@@ -383,6 +432,12 @@ def _task_name(name: str) -> str:
         raise StudentError(str(e)) from None
 
 
+def _task_is_regression(name: str) -> bool:
+    from cache.tasks import get_task
+
+    return get_task(name).is_regression
+
+
 def _check_options(cfg: FinetuneConfig) -> None:
     _task_name(cfg.task)
     problems = []
@@ -396,6 +451,18 @@ def _check_options(cfg: FinetuneConfig) -> None:
         problems.append(f"--select must be best or last, got {cfg.select!r}")
     if not (cfg.sra_weight >= 0 and math.isfinite(cfg.sra_weight)):
         problems.append(f"--sra-weight must be >= 0, got {cfg.sra_weight}")
+    for name in ("distill_weight", "label_weight", "temperature"):
+        value = getattr(cfg, name)
+        if not (value >= 0 and math.isfinite(value)):
+            problems.append(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if cfg.distill_weight <= 0 and cfg.label_weight <= 0:
+        problems.append("--label-weight and --distill-weight are both 0: nothing to learn")
+    if cfg.distill_loss not in DISTILL_LOSSES:
+        problems.append(f"--distill-loss must be one of {', '.join(DISTILL_LOSSES)}")
+    elif cfg.distill_loss == "kl" and _task_is_regression(cfg.task):
+        problems.append("--distill-loss kl needs classes; use mse for a regression task")
+    if cfg.distill_loss == "kl" and not cfg.temperature > 0:
+        problems.append("--temperature must be > 0")
     if cfg.sra_weight > 0 and cfg.frozen:
         problems.append("--sra-weight needs a trainable encoder (not frozen, not teacher)")
     if not 0 <= cfg.dropout < 1:
@@ -439,6 +506,11 @@ def _identity(cfg: FinetuneConfig, cache: Cache, encoder: StudentEncoder | None)
     options = dataclasses.asdict(cfg)
     for key in ("cache", "out", "resume", "overwrite", "progress", "device"):
         options.pop(key)
+    # Options added later count only when set, so runs made before them keep their identity.
+    defaults = FinetuneConfig(student="", task="", cache=Path(), out=Path())
+    for key in ("distill_weight", "distill_loss", "temperature", "label_weight", "augmented"):
+        if options[key] == getattr(defaults, key):
+            options.pop(key)
     student = cfg.student
     if encoder is not None and cfg.student != SCRATCH:
         weights = Path(cfg.student)

@@ -7,9 +7,11 @@ teacher-features baseline, the teacher's cached vectors; the head does not care 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HEADS = ("mlp", "linear")
+DISTILL_LOSSES = ("mse", "kl")
 
 
 def pair_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -43,3 +45,20 @@ class TaskHead(nn.Module):
         x = pair_features(u, v) if self.pair and v is not None else u
         out = self.net(x.float())
         return out.squeeze(-1) if out.shape[-1] == 1 else out
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t: float) -> torch.Tensor:
+    """The student's outputs against a fine-tuned teacher's.
+
+    ``mse``: squared error on the logits themselves, as Tang et al. (2019) found best for a
+    BiLSTM student (it keeps the teacher's confidence, which softmax targets flatten).
+    ``kl``: KL(teacher || student) of the temperature-softened distributions, scaled by T^2 so
+    its gradients keep their size as T changes (Hinton et al., 2015).
+    """
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    if kind == "kl":
+        log_p = F.log_softmax(student / t, dim=-1)
+        q = F.softmax(teacher / t, dim=-1)
+        return F.kl_div(log_p, q, reduction="batchmean") * t * t
+    raise ValueError(f"distill loss must be one of {', '.join(DISTILL_LOSSES)}, got {kind!r}")

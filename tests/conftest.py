@@ -141,3 +141,35 @@ def write_glue(root: Path, n_train: int = 240, n_dev: int = 60, seed: int = 0) -
         ]
         (sts / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_glue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_glue(tmp_path_factory.mktemp("glue"), n_train=160, n_dev=40)
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_glue: Path
+) -> dict[str, Path]:
+    """The tiny random BERT fine-tuned for a few steps on the tiny SST-2, MRPC and STS-B."""
+    from pipeline.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+
+    root = tmp_path_factory.mktemp("teachers")
+    out = {}
+    for task in ("sst2", "mrpc", "stsb"):
+        out[task] = root / task
+        teacher_finetune(
+            TeacherFinetuneConfig(
+                task=task,
+                out=out[task],
+                teacher=str(tiny_bert),
+                glue_dir=str(tiny_glue),
+                epochs=6,
+                batch_size=16,
+                lr=2e-3,
+                bf16=False,
+                progress=False,
+            )
+        )
+    return out

@@ -75,3 +75,35 @@ def test_cli_bad_input(tmp_path, student_run):
     )
     assert result.exit_code == 1
     assert "error:" in result.output
+
+
+def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    glue = write_glue(tmp_path / "glue", n_train=48, n_dev=16)
+    rows = ["scratch", "tang", "sra-tsd", "teacher-ft"]
+    cfg = EvaluateConfig(
+        student=str(student_run),
+        tasks=["mrpc"],
+        seeds=1,
+        rows=rows,
+        glue_dir=str(glue),
+        caches=tmp_path / "caches",
+        teachers=tmp_path / "teachers",
+        out=tmp_path / "eval",
+        epochs=1,
+        augment=2,
+        progress=False,
+    )
+    summary = evaluate(cfg)
+    slug = Path(json.loads((student_run / "config.json").read_text())["teacher"]).name
+    teacher = tmp_path / "teachers" / f"mrpc-{slug}"
+    assert (teacher / "model.safetensors").is_file() and (teacher / "metrics.json").is_file()
+    assert (tmp_path / "caches" / f"mrpc-mrpc-{slug}-aug2" / "task.json").is_file()
+    results = summary["results"]["mrpc"]
+    assert list(results) == rows
+    # The teacher row is scored from the cached dev logits: the teacher's own dev metrics.
+    want = json.loads((teacher / "metrics.json").read_text())
+    assert results["teacher-ft"]["f1"] == [pytest.approx(want["f1"], abs=1e-6)]
+    run = json.loads((tmp_path / "eval" / "mrpc" / "tang" / "seed0" / "finetune.json").read_text())
+    assert run["options"]["distill_weight"] == 1.0 and run["student"] == "scratch"
+    assert len(summary["table"].splitlines()) == 2 + len(rows)

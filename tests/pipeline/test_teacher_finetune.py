@@ -1,0 +1,166 @@
+"""`pipeline teacher-finetune` and stage one's logits: a tiny random BERT, a few steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cache import open_cache
+from cache.errors import CacheError
+from cache.task_data import read_examples, read_logits, read_task
+from pipeline.embed import EmbedConfig, embed
+from pipeline.errors import PipelineError
+from pipeline.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+
+
+def embed_cfg(out: Path, glue: Path, teacher: Path, task: str, **kw) -> EmbedConfig:  # type: ignore[no-untyped-def]
+    base = dict(window=64, progress=False, dtype="fp32", teacher=str(teacher), logits=True)
+    return EmbedConfig(corpus=f"glue:{task}", glue_dir=str(glue), out=out, **(base | kw))
+
+
+def test_teacher_folder_is_a_standard_hf_classifier(tiny_teachers):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tiny_teachers["mrpc"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert not (folder / "checkpoint").exists()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["finetuning_task"] == "mrpc" and len(config["id2label"]) == 2
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.id2label == {0: "not_equivalent", 1: "equivalent"}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert {"f1", "accuracy", "epoch"} <= metrics.keys()
+    stsb = json.loads((tiny_teachers["stsb"] / "config.json").read_text())
+    assert len(stsb["id2label"]) == 1 and stsb["problem_type"] == "regression"
+
+
+def test_teacher_learns_a_separable_task(tiny_teachers):
+    # SST-2 fixture: positive iff the sentence holds "red"; a few steps of a tiny BERT learn it.
+    metrics = json.loads((tiny_teachers["sst2"] / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.8
+
+
+def test_rerun_is_a_no_op_and_a_different_run_is_refused(tiny_teachers, tiny_bert, tiny_glue):
+    base = dict(task="sst2", out=tiny_teachers["sst2"], teacher=str(tiny_bert), epochs=6)
+    base |= dict(glue_dir=str(tiny_glue), batch_size=16, lr=2e-3, bf16=False, progress=False)
+    before = (tiny_teachers["sst2"] / "model.safetensors").stat().st_mtime_ns
+    teacher_finetune(TeacherFinetuneConfig(**base))
+    assert (tiny_teachers["sst2"] / "model.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(PipelineError, match="different teacher-finetune run"):
+        teacher_finetune(TeacherFinetuneConfig(**(base | {"lr": 3e-3})))
+
+
+def test_killed_run_resumes_mid_epoch(tmp_path, tiny_bert, tiny_glue, monkeypatch):
+    import pipeline.teacher_finetune as tf
+
+    kw = dict(task="sst2", out=tmp_path / "t", teacher=str(tiny_bert), glue_dir=str(tiny_glue))
+    kw |= dict(epochs=1, batch_size=16, lr=1e-3, bf16=False, progress=False, save_every=4)
+    calls = {"n": 0}
+    real = tf._save_checkpoint
+
+    def die_after_first(*a, **k):  # type: ignore[no-untyped-def]
+        real(*a, **k)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tf, "_save_checkpoint", die_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_finetune(TeacherFinetuneConfig(**kw))
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "t" / "checkpoint" / "state.json").read_text())
+    assert state["batch"] == 4 and state["epoch"] == 0
+    with pytest.raises(PipelineError, match="--resume"):
+        teacher_finetune(TeacherFinetuneConfig(**kw))
+    metrics = teacher_finetune(TeacherFinetuneConfig(**kw, resume=True))
+    assert metrics["epochs_run"] == 1 and (tmp_path / "t" / "model.safetensors").is_file()
+
+
+def test_cached_logits_match_the_teacher_on_joint_pairs(tmp_path, tiny_teachers, tiny_glue):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tiny_teachers["mrpc"]
+    embed(embed_cfg(tmp_path / "c", tiny_glue, folder, "mrpc"))
+    cache = open_cache(tmp_path / "c")
+    info = read_task(cache)
+    assert info.logits is not None and info.logits["finetuning_task"] == "mrpc"
+    logits = read_logits(cache, "dev")
+    examples = read_examples(cache, "dev")
+    assert logits.shape == (examples.num_rows, 2)
+    texts = _texts(cache)
+    first = [texts[i] for i in examples.column("sentence1_id").to_pylist()]
+    second = [texts[i] for i in examples.column("sentence2_id").to_pylist()]
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        want = model(**tok(first, second, padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(logits, want, atol=1e-4)
+    # The cache's sentence vectors come from the fine-tuned encoder, one per unique text.
+    assert cache.num_rows == len(set(texts)) and "mean" in cache.poolings
+
+
+def test_logits_need_a_matching_classification_head(tmp_path, tiny_bert, tiny_teachers, tiny_glue):
+    with pytest.raises(PipelineError, match="no trained classification head"):
+        embed(embed_cfg(tmp_path / "a", tiny_glue, tiny_bert, "sst2"))
+    with pytest.raises(PipelineError, match="1 output labels but sst2 has 2"):
+        embed(embed_cfg(tmp_path / "b", tiny_glue, tiny_teachers["stsb"], "sst2"))
+    with pytest.raises(PipelineError, match="fine-tuned on 'mrpc', not sst2"):
+        embed(embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["mrpc"], "sst2"))
+    with pytest.raises(PipelineError, match="glue:TASK"):
+        embed(EmbedConfig(corpus="x.txt", out=tmp_path / "d", logits=True))
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_cache_whose_logits_came_from_another_task_is_refused(tmp_path, tiny_teachers, tiny_glue):
+    embed(embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["sst2"], "sst2"))
+    cache = tmp_path / "c"
+    task_json = Path(cache) / "task.json"
+    info = json.loads(task_json.read_text())
+    info["logits"]["finetuning_task"] = "cola"
+    data = (json.dumps(info, indent=2) + "\n").encode()
+    task_json.write_bytes(data)
+    manifest = json.loads((Path(cache) / "manifest.json").read_text())
+    import hashlib
+
+    manifest["files"]["task.json"] = hashlib.sha256(data).hexdigest()
+    (Path(cache) / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="fine-tuned on 'cola', not sst2"):
+        read_task(open_cache(cache, checksums=False))
+
+
+def test_killed_during_logits_resumes_without_redoing_done_splits(
+    tmp_path, tiny_teachers, tiny_glue, monkeypatch
+):
+    import pipeline.embed as embed_mod
+
+    real, seen = embed_mod._logits, []
+
+    def die_on_second(teacher, examples, budget):  # type: ignore[no-untyped-def]
+        seen.append(len(examples))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(teacher, examples, budget)
+
+    monkeypatch.setattr(embed_mod, "_logits", die_on_second)
+    cfg = embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["sst2"], "sst2")
+    with pytest.raises(KeyboardInterrupt):
+        embed(cfg)
+    assert not (tmp_path / "c" / "task.json").exists()  # task.json is written last
+    seen.clear()
+    manifest = embed(cfg)
+    assert manifest.status == "complete" and seen == [40]  # only dev was left to do
+    assert read_logits(open_cache(tmp_path / "c"), "train").shape == (160, 2)
+
+
+def _texts(cache) -> list[str]:  # type: ignore[no-untyped-def]
+    texts = [""] * cache.num_rows
+    for shard in range(len(cache.shards)):
+        table = cache.read_shard(shard, ["id", "text"])
+        for i, t in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
+            texts[i] = t
+    return texts

@@ -1,0 +1,177 @@
+"""Task-specific distillation in `finetune()`: the logit losses, the mix, augmented examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cache import CacheError, open_cache
+from cache.task_data import AUGMENTED, read_task
+from pipeline.augment import AugmentConfig
+from pipeline.embed import EmbedConfig, embed
+from student import StudentError
+from student.finetune import finetune
+from student.task_model import distill_loss
+from tests.student.test_finetune import tiny
+
+
+@pytest.fixture(scope="module")
+def ft_caches(tmp_path_factory, tiny_teachers, tiny_glue) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    """Task caches of the fine-tuned tiny teachers: logits, and augmented training examples."""
+    root = tmp_path_factory.mktemp("ft-caches")
+    out = {}
+    for task, copies in (("sst2", 2), ("stsb", 1)):
+        out[task] = root / task
+        embed(
+            EmbedConfig(
+                corpus=f"glue:{task}",
+                glue_dir=str(tiny_glue),
+                out=out[task],
+                teacher=str(tiny_teachers[task]),
+                logits=True,
+                augment=AugmentConfig(copies=copies),
+                window=64,
+                dtype="fp32",
+                progress=False,
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_student(tmp_path_factory, ft_caches) -> Path:  # type: ignore[no-untyped-def]
+    from tokenizers import Tokenizer
+
+    from student import StudentConfig, StudentEncoder
+
+    cache = open_cache(ft_caches["sst2"])
+    tokenizer = str(cache.tokenizer_path)
+    vocab = Tokenizer.from_file(tokenizer).get_vocab_size(with_added_tokens=True)
+    config = StudentConfig(vocab, embedding_dim=32, hidden_size=32, output_dim=cache.dim)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("small") / "student"
+    StudentEncoder(config, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_mse_and_kl_logit_losses():
+    s, t = torch.randn(8, 3), torch.randn(8, 3)
+    assert torch.allclose(distill_loss(s, t, "mse", 1.0), F.mse_loss(s, t))
+    assert distill_loss(t, t, "kl", 2.0).abs() < 1e-6  # equal logits: nothing to learn
+    p, q = F.log_softmax(s / 2, -1), F.softmax(t / 2, -1)
+    want = (q * (q.log() - p)).sum(-1).mean() * 4  # KL(teacher || student) x T^2
+    assert torch.allclose(distill_loss(s, t, "kl", 2.0), want, atol=1e-6)
+    with pytest.raises(ValueError):
+        distill_loss(s, t, "l1", 1.0)
+
+
+def test_logits_alone_teach_the_task(tmp_path, ft_caches, small_student):
+    # No gold labels at all (label weight 0): the fine-tuned teacher's logits on the train and
+    # augmented examples are enough to learn the fixture's "red" rule.
+    info = read_task(open_cache(ft_caches["sst2"]))
+    assert info.splits[AUGMENTED] > 200
+    cfg = tiny(
+        str(small_student),
+        "sst2",
+        ft_caches["sst2"],
+        tmp_path / "r",
+        label_weight=0.0,
+        distill_weight=1.0,
+    )
+    metrics = finetune(cfg)
+    assert metrics["accuracy"] >= 0.9, metrics
+    log = (tmp_path / "r" / "metrics.jsonl").read_text()
+    assert log  # trained; the predictions skip the augmented split:
+    assert not (tmp_path / "r" / f"predictions-{AUGMENTED}.tsv").exists()
+
+
+def test_the_transfer_set_holds_the_augmented_examples(
+    tmp_path, ft_caches, small_student, monkeypatch
+):
+    import student.finetune as ft
+
+    sizes = []
+    real = ft.example_batches
+
+    def spy(examples, *a, **k):  # type: ignore[no-untyped-def]
+        sizes.append(len(examples))
+        return real(examples, *a, **k)
+
+    monkeypatch.setattr(ft, "example_batches", spy)
+    info = read_task(open_cache(ft_caches["sst2"]))
+    for augmented in (True, False):
+        sizes.clear()
+        cfg = tiny(
+            str(small_student),
+            "sst2",
+            ft_caches["sst2"],
+            tmp_path / str(augmented),
+            epochs=1,
+            distill_weight=1.0,
+            augmented=augmented,
+        )
+        finetune(cfg)
+        want = info.splits["train"] + (info.splits[AUGMENTED] if augmented else 0)
+        assert sizes[0] == want
+
+
+def test_regression_distils_the_scaled_score(tmp_path, ft_caches, small_student):
+    cfg = tiny(
+        str(small_student),
+        "stsb",
+        ft_caches["stsb"],
+        tmp_path / "r",
+        epochs=8,
+        lr=1e-2,
+        distill_weight=1.0,
+    )
+    assert finetune(cfg)["pearson"] > 0.7
+
+
+def test_bad_distillation_options(tmp_path, ft_caches, small_student, tiny_bert, tiny_glue):
+    from tests.student.test_finetune import make_task_cache
+
+    plain = make_task_cache(tmp_path, tiny_bert, "sst2", tiny_glue)
+    with pytest.raises(CacheError, match="holds no teacher logits"):
+        finetune(tiny(str(small_student), "sst2", plain, tmp_path / "a", distill_weight=1.0))
+    bad = [
+        (dict(distill_loss="kl", task="stsb"), "kl needs classes"),
+        (dict(distill_loss="js"), "--distill-loss must be one of"),
+        (dict(label_weight=0.0), "nothing to learn"),
+        (dict(distill_weight=-1.0), "--distill-weight must be >= 0"),
+    ]
+    for kw, message in bad:
+        task = kw.pop("task", "sst2")
+        with pytest.raises(StudentError, match=message):
+            finetune(tiny(str(small_student), task, ft_caches[task], tmp_path / "b", **kw))
+    assert not (tmp_path / "b").exists()
+
+
+def test_unlabelled_rows_add_no_label_loss(ft_caches, small_student):
+    from cache.tasks import get_task
+    from student.encoder import StudentEncoder
+    from student.finetune import FinetuneConfig, _Model, _loss
+    from student.task_data import Examples, load_sentences
+    from student.task_model import TaskHead
+
+    cache = open_cache(ft_caches["sst2"])
+    task = get_task("sst2")
+    sentences = load_sentences(cache, "mean")
+    enc = StudentEncoder.from_pretrained(small_student)
+    model = _Model(enc.model, TaskHead(cache.dim, False, 2, "mlp", 16, 0.0))
+    ex = Examples(np.arange(4), np.array([-1, -1, -1, -1]), np.arange(4), None)
+    cfg = FinetuneConfig(student="", task="sst2", cache=Path(), out=Path())
+    loss = _loss(
+        model, task, ex, None, np.arange(4), sentences, None, 0, cfg, torch.device("cpu"), False
+    )
+    assert loss.item() == 0.0
+    logits = np.zeros((4, 2), np.float32)
+    cfg.distill_weight = 1.0
+    loss = _loss(
+        model, task, ex, logits, np.arange(4), sentences, None, 0, cfg, torch.device("cpu"), False
+    )
+    assert loss.item() > 0 and loss.requires_grad
