@@ -135,14 +135,21 @@ def augment_examples(
     out: list[Example] = []
     for i, ex in enumerate(examples):
         rng = np.random.default_rng([cfg.seed, i])
+        # Variants are rejoined on single spaces; so is the source they must differ from
+        # (SST-2's texts end in a space: without this every variant would count as new).
+        source = (_words(ex.text_a), None if ex.text_b is None else _words(ex.text_b))
         for _ in range(cfg.copies):
             a = _variant(ex.text_a, modes, cfg, neighbours, mask_token, rng)
             b = None
             if ex.text_b is not None:
                 b = _variant(ex.text_b, modes, cfg, neighbours, mask_token, rng)
-            if (a, b) != (ex.text_a, ex.text_b):
+            if (a, b) != source:
                 out.append(Example(ex.idx, a, b, None))
     return out
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _variant(

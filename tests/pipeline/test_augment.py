@@ -48,6 +48,12 @@ def test_deterministic_by_seed_and_shaped_as_asked():
     assert any(len(e.text_a.split()) <= 5 for e in a)
 
 
+def test_a_variant_differing_only_in_spaces_is_no_variant():
+    examples = [Example(0, "good ", None, 1), Example(1, "  cat   sat ", None, 0)]
+    cfg = AugmentConfig(copies=20, modes=("mask",), p_mask=0.0)
+    assert augment_examples(examples, SST2, cfg, None, "[MASK]") == []
+
+
 def test_variants_of_one_example_do_not_depend_on_the_others():
     examples = [Example(i, f"good cat number {i} sat on the mat .", None, 0) for i in range(5)]
     cfg = AugmentConfig(copies=3, seed=0)

@@ -161,6 +161,7 @@ def _texts(cache) -> list[str]:  # type: ignore[no-untyped-def]
     texts = [""] * cache.num_rows
     for shard in range(len(cache.shards)):
         table = cache.read_shard(shard, ["id", "text"])
-        for i, t in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
+        ids, texts_ = table.column("id").to_pylist(), table.column("text").to_pylist()
+        for i, t in zip(ids, texts_, strict=True):
             texts[i] = t
     return texts

@@ -154,7 +154,7 @@ def test_bad_distillation_options(tmp_path, ft_caches, small_student, tiny_bert,
 def test_unlabelled_rows_add_no_label_loss(ft_caches, small_student):
     from cache.tasks import get_task
     from student.encoder import StudentEncoder
-    from student.finetune import FinetuneConfig, _Model, _loss
+    from student.finetune import FinetuneConfig, _loss, _Model
     from student.task_data import Examples, load_sentences
     from student.task_model import TaskHead
 
