@@ -165,3 +165,44 @@ def _texts(cache) -> list[str]:  # type: ignore[no-untyped-def]
         for i, t in zip(ids, texts_, strict=True):
             texts[i] = t
     return texts
+
+
+def test_cli_one_line_errors(tmp_path, tiny_bert, tiny_glue):
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True
+        )
+
+    bad = run("teacher-finetune", "--task", "nope", "--out", str(tmp_path / "t"))
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
+    assert "unknown GLUE task" in bad.stderr
+    bad = run(
+        "embed",
+        "--corpus",
+        "glue:sst2",
+        "--glue-dir",
+        str(tiny_glue),
+        "--teacher",
+        str(tiny_bert),
+        "--outputs",
+        "logits,mean",
+        "--out",
+        str(tmp_path / "c"),
+    )
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "no trained classification head" in bad.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_finetuned_teacher_also_serves_as_a_plain_encoder(tiny_teachers):
+    # `pipeline bench student --teacher teachers/sst2-minilm` and plain `embed` load it so.
+    from pipeline.teacher import Teacher
+
+    plain = Teacher(str(tiny_teachers["sst2"]), dtype="fp32", device="cpu")
+    both = Teacher(str(tiny_teachers["sst2"]), dtype="fp32", device="cpu", logits=True)
+    ids = [[2, 40, 41, 3], [2, 42, 3]]
+    np.testing.assert_allclose(plain.encode(ids)["mean"], both.encode(ids)["mean"], atol=1e-6)
+    assert both.logits(ids, [[0] * 4, [0] * 3]).shape == (2, 2)
