@@ -492,11 +492,18 @@ def _load_student(cfg: FinetuneConfig, cache: Cache) -> StudentEncoder | None:
             f"({encoder.config.teacher or 'unknown'})"
         )
     teacher = str(cache.manifest.config.get("teacher", {}).get("name", ""))
-    if encoder.config.teacher and teacher and encoder.config.teacher != teacher:
+    # Only --sra-weight uses the cache's vectors as targets; a cache of a fine-tuned teacher
+    # (for its logits) is expected to differ from the student's teacher.
+    if (
+        cfg.sra_weight > 0
+        and encoder.config.teacher
+        and teacher
+        and encoder.config.teacher != teacher
+    ):
         print(
             f"warning: the student was distilled from {encoder.config.teacher} but the task "
-            f"cache {cache.path} holds vectors of {teacher}; --sra-weight and the teacher "
-            "baseline then refer to another teacher",
+            f"cache {cache.path} holds vectors of {teacher}; --sra-weight then pulls it "
+            "towards another teacher",
             file=sys.stderr,
         )
     return encoder

@@ -239,4 +239,6 @@ def test_a_cache_from_another_teacher_warns(tmp_path, caches, glue, student_run,
     other = build_tiny_bert(tmp_path / "other-teacher", seed=1)  # same vocabulary, new weights
     cache = make_task_cache(tmp_path, other, "sst2", glue)
     finetune(tiny(str(student_run), "sst2", cache, tmp_path / "run", epochs=1))
+    assert "warning" not in capsys.readouterr().err  # the cache's vectors are not used
+    finetune(tiny(str(student_run), "sst2", cache, tmp_path / "r2", epochs=1, sra_weight=1.0))
     assert "warning: the student was distilled from" in capsys.readouterr().err
