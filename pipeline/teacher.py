@@ -182,7 +182,9 @@ class Teacher:
             # Autocast would cast every Linear weight to this dtype on every forward pass;
             # casting once gives bit-identical outputs ~12% faster. LayerNorm, embeddings and
             # softmax stay fp32, as autocast keeps them.
-            for module in (self.classifier or self.model).modules():
+            for module in (
+                self.classifier if self.classifier is not None else self.model
+            ).modules():
                 if isinstance(module, torch.nn.Linear):
                     module.to(DTYPES[self.dtype])
         self._forward = self.model
