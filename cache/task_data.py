@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from cache.errors import CacheError
 from cache.reader import Cache
-from cache.tasks import TaskSpec, get_task
+from cache.tasks import TaskSpec, get_task, same_task
 
 TASK_NAME = "task.json"
 TASK_FORMAT = "sra-task-examples"
@@ -51,7 +51,10 @@ def logits_bytes(logits: np.ndarray) -> bytes:
     """One split's teacher logits, ``[examples, labels]`` float32, as an Arrow IPC file."""
     logits = np.ascontiguousarray(logits, np.float32)
     column = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
-    table = pa.Table.from_arrays([column], names=["logits"])
+    return _ipc_bytes(pa.Table.from_arrays([column], names=["logits"]))
+
+
+def _ipc_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -92,10 +95,7 @@ def examples_bytes(
         ],
         schema=examples_schema(task),
     )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return _ipc_bytes(table)
 
 
 def task_bytes(task: TaskSpec, rows: dict[str, int], extra: dict | None = None) -> bytes:
@@ -147,7 +147,7 @@ def read_task(cache: Cache) -> TaskData:
     logits = info.get("logits")
     if logits is not None:
         made_for = str(logits.get("finetuning_task") or "")
-        if made_for and _fold(made_for) != _fold(task.name):
+        if made_for and not same_task(made_for, task):
             raise CacheError(
                 f"the logits in {cache.path} come from a teacher fine-tuned on {made_for!r}, "
                 f"not {task.name}: rebuild the cache with a teacher fine-tuned on {task.name}"
@@ -209,13 +209,6 @@ def read_logits(cache: Cache, split: str) -> np.ndarray:
             f"{task.splits.get(split)} examples of {task.task.num_labels} labels: rebuild it"
         )
     return values
-
-
-def _fold(name: str) -> str:
-    try:
-        return get_task(name).name
-    except ValueError:
-        return name
 
 
 def _side_file(cache: Cache, name: str, fix: str) -> bytes:

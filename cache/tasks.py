@@ -129,6 +129,12 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[_ALIASES[key]]
 
 
+def same_task(name: str, task: TaskSpec) -> bool:
+    """Whether ``name`` (any spelling get_task accepts; unknown names never match) is ``task``."""
+    key = _fold(str(name))
+    return key in _ALIASES and _ALIASES[key] == task.name
+
+
 def dev_splits(task: TaskSpec) -> tuple[str, ...]:
     """The labelled evaluation splits: ("dev",), or MNLI's matched and mismatched pair."""
     return tuple(split for split in task.splits if split.startswith("dev"))

@@ -29,9 +29,11 @@ import torch
 from cache import CacheWriter, Manifest, merge_rank_manifests, sentence_schema
 from cache.manifest import EMBEDDINGS_NAME, TOKENIZER_NAME
 from cache.task_data import TASK_NAME, logits_bytes, logits_name
+from cache.tasks import same_task
 from pipeline.augment import AugmentConfig, Neighbours, augment_examples
 from pipeline.corpus import CorpusSpec, CorpusStats, describe_corpus
 from pipeline.errors import PipelineError
+from pipeline.glue import Example
 from pipeline.progress import EmbedProgress
 from pipeline.reader import ReadPlan, Window, read_windows
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
@@ -136,8 +138,6 @@ def embed(cfg: EmbedConfig) -> Manifest:
     )
     if task is not None and cfg.logits:
         _check_logits_teacher(teacher, task)
-    if task is not None and cfg.augment.copies:
-        task = _augment(task, teacher, cfg.augment)
     budget = cfg.token_budget or (32768 if teacher.device.type == "cuda" else 4096)
     budget = max(budget, cfg.max_length)
     config = {
@@ -166,6 +166,10 @@ def embed(cfg: EmbedConfig) -> Manifest:
             return writer.manifest
         if rank == 0:
             _write_side_files(writer, teacher)
+        if task is not None and cfg.augment.copies:
+            # Only now: a complete cache needs no variants (the fingerprint already covers
+            # the augmentation config), and building them takes a while on large tasks.
+            task = _augment(task, teacher, cfg.augment)
         start = writer.next_window
         if start:
             _log(f"resuming {cfg.out} at window {start} ({writer.resumed_rows:,} rows kept)")
@@ -307,7 +311,6 @@ def _write_task_files(
         if name != TASK_NAME:
             writer.put_file(name, data)
     if teacher is not None:
-        assert writer.manifest is not None
         for split, examples in task.examples.items():
             if logits_name(split) in writer.manifest.files:
                 continue  # written before an interruption; the fingerprint vouches for it
@@ -317,7 +320,7 @@ def _write_task_files(
     writer.put_file(TASK_NAME, files[TASK_NAME])
 
 
-def _logits(teacher: Teacher, examples: list, budget: int) -> np.ndarray:
+def _logits(teacher: Teacher, examples: list[Example], budget: int) -> np.ndarray:
     """The fine-tuned teacher's logits per example; a pair is one sequence, as in fine-tuning."""
     if examples and examples[0].text_b is not None:
         encodings = teacher.backend.encode_batch([(e.text_a, e.text_b) for e in examples])
@@ -341,18 +344,11 @@ def _check_logits_teacher(teacher: Teacher, task: TaskCorpus) -> None:
             f"`pipeline teacher-finetune --task {spec.name}`"
         )
     made_for = teacher.finetuning_task
-    if made_for:
-        from cache.tasks import get_task
-
-        try:
-            same = get_task(made_for).name == spec.name
-        except ValueError:
-            same = False
-        if not same:
-            raise PipelineError(
-                f"teacher {teacher.name!r} was fine-tuned on {made_for!r}, not {spec.name}: its "
-                f"logits would be another task's; use a teacher fine-tuned on {spec.name}"
-            )
+    if made_for and not same_task(made_for, spec):
+        raise PipelineError(
+            f"teacher {teacher.name!r} was fine-tuned on {made_for!r}, not {spec.name}: its "
+            f"logits would be another task's; use a teacher fine-tuned on {spec.name}"
+        )
 
 
 def _augment(task: TaskCorpus, teacher: Teacher, cfg: AugmentConfig) -> TaskCorpus:

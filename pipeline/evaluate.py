@@ -110,7 +110,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                         "tang": "scratch",
                     }.get(row, cfg.student),
                     task=task.name,
-                    cache=ft_cache if row in TASK_SPECIFIC and ft_cache else cache,
+                    cache=(ft_cache or cache) if row in TASK_SPECIFIC else cache,
                     distill_weight=1.0 if row in TASK_SPECIFIC else 0.0,
                     out=cfg.out / task.name / row / f"seed{seed}",
                     freeze_encoder=row == "sra-frozen",
@@ -127,9 +127,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     table = markdown_table(results, tasks, cfg.rows)
     cfg.out.mkdir(parents=True, exist_ok=True)
     summary = {"student": cfg.student, "seeds": cfg.seeds, "results": results}
-    if ft_cache_used := [r for r in cfg.rows if r in TASK_SPECIFIC]:
+    if any(r in TASK_SPECIFIC for r in cfg.rows):
         summary["teachers"] = str(cfg.teachers)
-        summary["task_specific_rows"] = ft_cache_used
     (cfg.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (cfg.out / "results.md").write_text(table + "\n")
     return summary | {"table": table}

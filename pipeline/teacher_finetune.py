@@ -36,6 +36,8 @@ from pipeline.task_corpus import load_task_corpus
 from pipeline.teacher import _check_encoder, _load_error, resolve_device, resolve_teacher
 from student.checkpoint import optimizer_files, optimizer_state
 from student.metrics import task_scores
+from student.task_data import length_batches
+from student.train import resolve_bf16
 
 RUN_FILE, METRICS_JSON, METRICS_LOG, CHECKPOINT_DIR = (
     "teacher_finetune.json",
@@ -84,7 +86,7 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
     if done is not None:
         return done
     device = resolve_device(cfg.device)
-    bf16 = _resolve_bf16(cfg.bf16, device)
+    bf16 = resolve_bf16(cfg.bf16, device)
     torch.manual_seed(cfg.seed)
     model, tokenizer = _load_model(cfg, task)
     model.to(device)
@@ -199,17 +201,8 @@ class _Encoded:
         return len(self.ids)
 
     def batches(self, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-        """Shuffled, then sorted by length within pools of 50 batches (little padding)."""
-        if rng is None:
-            order = np.argsort(self.lengths, kind="stable")
-            return [order[i : i + size] for i in range(0, len(order), size)]
-        order = rng.permutation(len(self))
-        out = []
-        for start in range(0, len(order), size * 50):
-            pool = order[start : start + size * 50]
-            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
-            out += [pool[i : i + size] for i in range(0, len(pool), size)]
-        return [out[i] for i in rng.permutation(len(out))]
+        """Length-bucketed batches, shuffled with ``rng`` (as the student's fine-tuning)."""
+        return list(length_batches(self.lengths, size, rng))
 
     def inputs(
         self, rows: np.ndarray, device: torch.device, labels: bool
@@ -290,16 +283,6 @@ def _load_model(cfg: TeacherFinetuneConfig, task: TaskSpec) -> tuple[Any, Any]:
 
 def _no_decay(name: str) -> bool:
     return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-
-
-def _resolve_bf16(bf16: bool | None, device: torch.device) -> bool:
-    from pipeline.teacher import cpu_supports_bf16
-
-    if bf16 is not None:
-        return bf16
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_supports_bf16()
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from cache import Cache, open_cache
 from cache.files import fsync_dir, sha256_file, write_atomic, write_file
 from cache.task_data import AUGMENTED, read_logits, read_task
-from cache.tasks import STSB_MAX, TaskSpec, dev_splits
+from cache.tasks import STSB_MAX, TaskSpec, dev_splits, get_task
 from student.checkpoint import optimizer_files, optimizer_state
 from student.dist import resolve_device
 from student.encoder import StudentEncoder
@@ -424,18 +424,10 @@ def _ids(ex: Examples) -> np.ndarray:
 
 
 def _task_name(name: str) -> str:
-    from cache.tasks import get_task
-
     try:
         return get_task(name).name
     except ValueError as e:
         raise StudentError(str(e)) from None
-
-
-def _task_is_regression(name: str) -> bool:
-    from cache.tasks import get_task
-
-    return get_task(name).is_regression
 
 
 def _check_options(cfg: FinetuneConfig) -> None:
@@ -459,7 +451,7 @@ def _check_options(cfg: FinetuneConfig) -> None:
         problems.append("--label-weight and --distill-weight are both 0: nothing to learn")
     if cfg.distill_loss not in DISTILL_LOSSES:
         problems.append(f"--distill-loss must be one of {', '.join(DISTILL_LOSSES)}")
-    elif cfg.distill_loss == "kl" and _task_is_regression(cfg.task):
+    elif cfg.distill_loss == "kl" and get_task(cfg.task).is_regression:
         problems.append("--distill-loss kl needs classes; use mse for a regression task")
     if cfg.distill_loss == "kl" and not cfg.temperature > 0:
         problems.append("--temperature must be > 0")

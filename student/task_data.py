@@ -111,10 +111,17 @@ def example_batches(
     With ``rng`` (training): shuffle, sort within pools of 50 batches by length, cut, and
     shuffle the batches. Without: sorted by length, for evaluation (callers restore order).
     """
-    n = len(examples)
     size = lengths[examples.first]
     if examples.second is not None:
         size = np.maximum(size, lengths[examples.second])
+    return length_batches(size, batch_size, rng)
+
+
+def length_batches(
+    size: np.ndarray, batch_size: int, rng: np.random.Generator | None
+) -> Iterator[np.ndarray]:
+    """Indices of ``size`` (one length per item) batched as ``example_batches`` describes."""
+    n = len(size)
     if rng is None:
         order = np.argsort(size, kind="stable")
         yield from (order[i : i + batch_size] for i in range(0, n, batch_size))

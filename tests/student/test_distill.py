@@ -18,7 +18,7 @@ from student.encoder import StudentEncoder
 from student.finetune import finetune
 from student.task_data import Examples, load_sentences
 from student.task_model import distill_loss
-from tests.student.test_finetune import tiny
+from tests.student.test_finetune import make_small_student, tiny
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +46,7 @@ def ft_caches(tmp_path_factory, tiny_teachers, tiny_glue) -> dict[str, Path]:  #
 
 @pytest.fixture(scope="module")
 def small_student(tmp_path_factory, ft_caches) -> Path:  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer
-
-    from student import StudentConfig, StudentEncoder
-
-    cache = open_cache(ft_caches["sst2"])
-    tokenizer = str(cache.tokenizer_path)
-    vocab = Tokenizer.from_file(tokenizer).get_vocab_size(with_added_tokens=True)
-    config = StudentConfig(vocab, embedding_dim=32, hidden_size=32, output_dim=cache.dim)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("small") / "student"
-    StudentEncoder(config, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    return make_small_student(ft_caches["sst2"], tmp_path_factory.mktemp("small") / "student")
 
 
 def test_mse_and_kl_logit_losses():

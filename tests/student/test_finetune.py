@@ -71,19 +71,22 @@ def student_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Pa
     return distil_tiny_student(tmp_path_factory.mktemp("sra"), tiny_bert)
 
 
-@pytest.fixture(scope="module")
-def fresh_student(tmp_path_factory: pytest.TempPathFactory, caches: dict) -> Path:
-    """An untrained small student over the task caches' vocabulary (fast to fine-tune)."""
+def make_small_student(task_cache: Path, folder: Path) -> Path:
+    """An untrained small student over a task cache's vocabulary (fast to fine-tune)."""
     from student import StudentConfig, StudentEncoder
 
-    cache = open_cache(caches["sst2"])
+    cache = open_cache(task_cache)
     tokenizer = str(cache.tokenizer_path)
     vocab = Tokenizer.from_file(tokenizer).get_vocab_size(with_added_tokens=True)
     config = StudentConfig(vocab, embedding_dim=32, hidden_size=32, output_dim=cache.dim)
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("fresh") / "student"
     StudentEncoder(config, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def fresh_student(tmp_path_factory: pytest.TempPathFactory, caches: dict) -> Path:
+    return make_small_student(caches["sst2"], tmp_path_factory.mktemp("fresh") / "student")
 
 
 def tiny(student: str, task: str, cache: Path, out: Path, **kw) -> FinetuneConfig:  # type: ignore[no-untyped-def]
