@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from cache import open_cache
 from student.data import (
     DataConfig,
     DataPosition,
+    ShardRows,
     TrainData,
     compute_split,
     id_hash,
@@ -163,6 +165,16 @@ def test_batch_targets_are_the_cache_vectors(cache_dir):
             vectors[tuple(ids)] = c.vectors("mean", i)[row]
     for ids, n, target in zip(batch.input_ids.tolist(), batch.lengths, batch.targets, strict=True):
         np.testing.assert_array_equal(target.numpy(), vectors[tuple(ids[:n])])
+
+
+def test_shard_rows_are_views_of_the_mapped_shards(cache_dir):
+    # A copy per shard (e.g. combine_chunks) made training memory grow with the cache size.
+    c = open_cache(cache_dir)
+    rows = ShardRows(c, "mean")
+    before = pa.total_allocated_bytes()
+    for shard in range(len(c.shards)):
+        rows.get(shard)
+    assert pa.total_allocated_bytes() == before
 
 
 def test_batch_order_is_deterministic_per_seed_and_epoch(cache_dir):
