@@ -161,6 +161,16 @@ class Cache:
                     for start in range(0, batch.num_rows, batch_size):
                         yield batch.slice(start, batch_size)
 
+    def column_array(self, shard: ShardInfo | int, name: str) -> pa.Array:
+        """One column of one shard as a single array: a view of the mapped file when the shard
+        holds one record batch (stage one writes one), a concatenated copy otherwise.
+
+        ``ChunkedArray.combine_chunks`` would copy even a single chunk; done for every shard,
+        that copy made training memory grow with the size of the cache.
+        """
+        column = self.read_shard(shard, [name]).column(0)
+        return column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks)
+
     def vectors(self, pooling: str, shard: ShardInfo | int) -> np.ndarray:
         """The `[rows, dim]` float32 vectors of one shard, a read-only view of the mapped file."""
         if pooling not in self.columns:
@@ -169,10 +179,7 @@ class Cache:
                 f"{', '.join(self.poolings) or 'none'}); "
                 f"re-run `pipeline embed --pooling {pooling}`"
             )
-        column = self.read_shard(shard, [pooling]).column(0)
-        if column.num_chunks != 1:
-            column = pa.chunked_array([pa.concat_arrays(column.chunks)])
-        arr = column.chunk(0)
+        arr = self.column_array(shard, pooling)
         dim = arr.type.list_size
         flat = arr.values.to_numpy(zero_copy_only=True)
         offset = arr.offset * dim

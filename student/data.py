@@ -215,10 +215,7 @@ class ShardRows:
         if shard in self._open:
             self._open.move_to_end(shard)
             return self._open[shard]  # type: ignore[return-value]
-        column = self.cache.read_shard(shard, ["input_ids"]).column(0)
-        # combine_chunks copies even a single chunk; that copy per shard, churned through
-        # Arrow's allocator, was what made memory grow with the number of shards.
-        ids = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        ids = self.cache.column_array(shard, "input_ids")
         offsets = ids.offsets.to_numpy()
         values = ids.values.to_numpy()
         n_tokens = np.diff(offsets).astype(np.int64)

@@ -49,11 +49,10 @@ def load_sentences(cache: Cache, pooling: str) -> Sentences:
     lengths = np.zeros(n, np.int64)
     pieces: list[tuple[np.ndarray, np.ndarray]] = []
     for shard in range(len(cache.shards)):
-        table = cache.read_shard(shard, ["id", "input_ids"])
-        ids = table.column("id").to_numpy()
+        ids = cache.column_array(shard, "id").to_numpy()
         if len(ids) and (ids.min() < 0 or ids.max() >= n):
             raise CacheError(f"cache {cache.path} has sentence ids outside 0..{n - 1}")
-        tokens = table.column("input_ids").combine_chunks()
+        tokens = cache.column_array(shard, "input_ids")
         lengths[ids] = np.diff(tokens.offsets.to_numpy())
         vectors[ids] = cache.vectors(pooling, shard)
         pieces.append((ids, tokens.values.to_numpy()))

@@ -74,6 +74,19 @@ def test_vectors_are_zero_copy_views(tmp_path: Path) -> None:
         c.vectors("pooler", 0)
 
 
+def test_column_array_is_a_view_of_the_mapped_shard(tmp_path: Path) -> None:
+    write_cache(tmp_path / "c")
+    c = open_cache(tmp_path / "c")
+    before = pa.total_allocated_bytes()
+    ids = c.column_array(1, "id")
+    tokens = c.column_array(1, "input_ids")
+    assert pa.total_allocated_bytes() == before  # nothing copied into Arrow's pool
+    assert ids.to_pylist() == list(range(6, 12))
+    assert tokens.to_pylist() == c.read_shard(1, ["input_ids"]).column(0).to_pylist()
+    with pytest.raises(CacheError, match="no column"):
+        c.column_array(0, "nope")
+
+
 def test_iter_batches_shuffle_and_rank_split(tmp_path: Path) -> None:
     write_cache(tmp_path / "c", windows=8, shard_rows=3)
     c = open_cache(tmp_path / "c")
