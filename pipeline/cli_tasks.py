@@ -38,6 +38,9 @@ def finetune(
     ),
     head_hidden: int = typer.Option(512, help="Hidden units of the MLP head."),
     dropout: float = typer.Option(0.1, help="Dropout in the MLP head."),
+    encoder_dropout: float = typer.Option(
+        0.1, help="Dropout on the encoder's token embeddings while fine-tuning."
+    ),
     sra_weight: float = typer.Option(
         0.0, help="Also keep approximating the cached teacher vectors: W * (1 - cosine)."
     ),
@@ -79,6 +82,7 @@ def finetune(
                 head=head,
                 head_hidden=head_hidden,
                 dropout=dropout,
+                encoder_dropout=encoder_dropout,
                 sra_weight=sra_weight,
                 distill_weight=distill_weight,
                 distill_loss=distill_loss,

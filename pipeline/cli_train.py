@@ -50,6 +50,9 @@ def train(
     layers: int = typer.Option(1, help="Stacked BiLSTM layers."),
     student_pooling: str = typer.Option("max", help="max | mean | max+mean over LSTM states."),
     dropout: float = typer.Option(0.1, help="Dropout on token embeddings (and between layers)."),
+    projection_hidden: int = typer.Option(
+        0, help="0: linear projection to the teacher's space; N: an MLP with N hidden units."
+    ),
     val_fraction: float = typer.Option(0.01, help="Rows held out for validation (by id hash)."),
     val_max_rows: int = typer.Option(2000, help="Validate on at most this many held-out rows."),
     cos_weight: float = typer.Option(0.0, help="Loss = MSE + W * (1 - cosine to the teacher)."),
@@ -86,6 +89,7 @@ def train(
         layers=layers,
         student_pooling=student_pooling,
         dropout=dropout,
+        projection_hidden=projection_hidden,
         init_embeddings=init_embeddings,
         batch_size=batch_size,
         token_budget=token_budget,

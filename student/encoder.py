@@ -259,7 +259,7 @@ class StudentEncoder:
             return np.zeros((0, dim), dtype=np.float32)
         if device is not None:
             self.model.to(torch.device(device))
-        model_device = self.model.projection.weight.device
+        model_device = self.model.embedding.weight.device
 
         ids = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))

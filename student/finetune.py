@@ -71,6 +71,10 @@ class FinetuneConfig:
     head: str | None = None  # mlp | linear; None: linear when frozen, else mlp
     head_hidden: int = 512
     dropout: float = 0.1
+    # Dropout on the encoder's token embeddings while fine-tuning. A distillation run may use
+    # none (a million sentences underfit, small tasks overfit), so fine-tuning sets its own,
+    # the same for every row. None: keep the student's.
+    encoder_dropout: float | None = 0.1
     sra_weight: float = 0.0  # weight of (1 - cosine to the cached teacher vectors)
     distill_weight: float = 0.0  # weight of the loss to a fine-tuned teacher's cached logits
     distill_loss: str = "mse"  # mse on logits (Tang et al. 2019) | kl (soft targets, Hinton)
@@ -121,6 +125,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 f"that holds {task.folder}/{task.splits[split]}"
             )
     encoder = _load_student(cfg, cache)
+    if encoder is not None and cfg.encoder_dropout is not None:
+        encoder.config = dataclasses.replace(encoder.config, dropout=cfg.encoder_dropout)
+        encoder.model.config = encoder.config
+        encoder.model.dropout.p = cfg.encoder_dropout
     sentences = load_sentences(cache, cfg.pooling)
     data = {s: load_examples(cache, s, task.pair) for s in splits}
     for split in ("train", *evals):
@@ -459,6 +467,8 @@ def _check_options(cfg: FinetuneConfig) -> None:
         problems.append("--sra-weight needs a trainable encoder (not frozen, not teacher)")
     if not 0 <= cfg.dropout < 1:
         problems.append(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.encoder_dropout is not None and not 0 <= cfg.encoder_dropout < 1:
+        problems.append(f"--encoder-dropout must be in [0, 1), got {cfg.encoder_dropout}")
     if problems:
         raise StudentError("; ".join(problems))
 
@@ -507,7 +517,14 @@ def _identity(cfg: FinetuneConfig, cache: Cache, encoder: StudentEncoder | None)
         options.pop(key)
     # Options added later count only when set, so runs made before them keep their identity.
     defaults = FinetuneConfig(student="", task="", cache=Path(), out=Path())
-    for key in ("distill_weight", "distill_loss", "temperature", "label_weight", "augmented"):
+    for key in (
+        "distill_weight",
+        "distill_loss",
+        "temperature",
+        "label_weight",
+        "augmented",
+        "encoder_dropout",
+    ):
         if options[key] == getattr(defaults, key):
             options.pop(key)
     student = cfg.student

@@ -13,6 +13,9 @@ from student.config import StudentConfig
 class BiLSTMEncoder(nn.Module):
     """Embedding -> dropout -> (Bi)LSTM -> pooling over valid positions -> projection.
 
+    The projection is one Linear, or with ``projection_hidden > 0`` a Linear -> GELU -> Linear
+    MLP: capacity that costs once per sentence rather than once per token.
+
     ``forward(input_ids, lengths)`` maps teacher WordPiece ids ``[B, L]`` plus true lengths
     ``[B]`` to vectors ``[B, output_dim]`` in the teacher's space; ``pooled`` gives the
     sentence vector before the projection (``[B, pooled_dim]``) for fine-tuning heads.
@@ -49,7 +52,15 @@ class BiLSTMEncoder(nn.Module):
             # nn.LSTM only applies dropout between stacked layers (and warns for 1 layer).
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
-        self.projection = nn.Linear(self.pooled_dim, config.output_dim)
+        self.projection: nn.Module
+        if config.projection_hidden:
+            self.projection = nn.Sequential(
+                nn.Linear(self.pooled_dim, config.projection_hidden),
+                nn.GELU(),
+                nn.Linear(config.projection_hidden, config.output_dim),
+            )
+        else:
+            self.projection = nn.Linear(self.pooled_dim, config.output_dim)
 
     @property
     def pooled_dim(self) -> int:
@@ -117,14 +128,14 @@ class BiLSTMEncoder(nn.Module):
             # Sum in float32: under bf16 autocast a bf16 running sum over 128 steps is lossy.
             summed = (out * valid).sum(dim=1, dtype=torch.float32)
             parts.append(summed / lengths.to(out.device, torch.float32)[:, None])
-        dtype = self.projection.weight.dtype
+        dtype = self.embedding.weight.dtype
         return torch.cat([p.to(dtype) for p in parts], dim=1)
 
     def pooled(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Sentence vectors before the projection: ``[B, pooled_dim]``."""
         ids, lengths = self._prepare(input_ids, lengths)
         if ids.shape[0] == 0:
-            return self.projection.weight.new_zeros((0, self.pooled_dim))
+            return self.embedding.weight.new_zeros((0, self.pooled_dim))
         x = self.dropout(self.embedding(ids))
         if bool((lengths == ids.shape[1]).all()):
             out, _ = self.lstm(x)

@@ -65,6 +65,7 @@ class TrainConfig:
     layers: int = 1
     student_pooling: str = "max"
     dropout: float = 0.1
+    projection_hidden: int = 0  # 0: a linear projection; N: an MLP with N hidden units
     init_embeddings: str = "teacher"  # teacher: PCA of the teacher's token embeddings
     # Data.
     batch_size: int = 256
@@ -410,6 +411,7 @@ def student_config(cfg: TrainConfig, cache: Cache, tokenizer: Tokenizer) -> Stud
             num_layers=cfg.layers,
             pooling=cfg.student_pooling,
             dropout=cfg.dropout,
+            projection_hidden=cfg.projection_hidden,
             output_dim=cache.dim,
             pad_id=int(teacher.get("special_ids", {}).get("pad", 0)),
             max_length=int(teacher.get("max_length", 128)),

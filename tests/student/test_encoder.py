@@ -157,6 +157,17 @@ def test_save_load_round_trip_is_exact(tiny_encoder, saved):
         assert torch.equal(tensor, loaded.model.state_dict()[name])
 
 
+def test_save_load_round_trip_with_an_mlp_projection(tiny_config, tokenizer, tmp_path):
+    config = StudentConfig(**{**tiny_config.to_dict(), "projection_hidden": 9})
+    torch.manual_seed(0)
+    encoder = StudentEncoder(config, tokenizer=tokenizer)
+    encoder.save_pretrained(tmp_path / "mlp")
+    assert json.loads((tmp_path / "mlp" / "config.json").read_text())["projection_hidden"] == 9
+    loaded = StudentEncoder.from_pretrained(tmp_path / "mlp")
+    assert loaded.config == config
+    np.testing.assert_array_equal(loaded.encode(SENTENCES), encoder.encode(SENTENCES))
+
+
 def test_save_into_an_existing_folder_replaces_files_and_keeps_others(tiny_config, saved):
     (saved / "notes.txt").write_text("keep me")
     torch.manual_seed(1)

@@ -146,6 +146,25 @@ def test_sra_loss_and_the_scratch_student(tmp_path, caches, student_run):
     assert (config["hidden_size"], config["embedding_dim"]) == (300, 300)  # the default student
 
 
+def test_fine_tuning_sets_its_own_embedding_dropout(tmp_path, caches, fresh_student):
+    from student import BiLSTMEncoder, StudentConfig, StudentEncoder
+
+    undropped = tmp_path / "undropped"
+    source = StudentEncoder.from_pretrained(fresh_student)
+    config = StudentConfig(**{**source.config.to_dict(), "dropout": 0.0})
+    model = BiLSTMEncoder(config)
+    model.load_state_dict(source.model.state_dict())
+    StudentEncoder(config, model, tokenizer=source.tokenizer).save_pretrained(undropped)
+
+    def tuned_dropout(out: str, **kw) -> float:  # type: ignore[no-untyped-def]
+        finetune(tiny(str(undropped), "sst2", caches["sst2"], tmp_path / out, epochs=1, **kw))
+        return json.loads((tmp_path / out / "encoder" / "config.json").read_text())["dropout"]
+
+    assert tuned_dropout("default") == 0.1  # the same for every row, whatever it was distilled with
+    assert tuned_dropout("set", encoder_dropout=0.3) == 0.3
+    assert tuned_dropout("own", encoder_dropout=None) == 0.0
+
+
 @pytest.mark.parametrize("student", ["teacher", "frozen"])
 def test_frozen_rows_train_a_linear_head(tmp_path, caches, fresh_student, student):
     cfg = tiny(

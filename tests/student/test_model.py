@@ -43,6 +43,10 @@ def test_config_defaults_follow_the_paper_and_round_trip():
     assert config.teacher == config.teacher_pooling == config.cache_fingerprint == ""
     data = config.to_dict()
     assert StudentConfig.from_dict(data) == config
+    # Written only when set: linear-projection students keep their config.json and run identity.
+    assert "projection_hidden" not in data and config.projection_hidden == 0
+    mlp = StudentConfig(vocab_size=30522, projection_hidden=64)
+    assert StudentConfig.from_dict(mlp.to_dict()) == mlp
     assert StudentConfig.from_dict({"vocab_size": 7}) == StudentConfig(vocab_size=7)
 
 
@@ -62,6 +66,8 @@ def test_config_defaults_follow_the_paper_and_round_trip():
         ("bidirectional", "yes"),
         ("pad_id", 30522),
         ("teacher", 5),
+        ("projection_hidden", -1),
+        ("projection_hidden", 1.5),
     ],
 )
 def test_config_rejects_invalid_values_naming_the_key(key, value):
@@ -101,6 +107,19 @@ def test_forward_shapes(pooling, bidirectional, num_layers, pooled_dim):
     out = model(ids, lengths)
     assert out.shape == (4, 5) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
+
+
+def test_mlp_projection_maps_the_same_pooled_vector_to_the_output():
+    linear, mlp = make_model(), make_model(projection_hidden=7)
+    assert isinstance(linear.projection, torch.nn.Linear)
+    assert [type(m).__name__ for m in mlp.projection] == ["Linear", "GELU", "Linear"]
+    assert mlp.projection[0].in_features == mlp.pooled_dim and mlp.projection[0].out_features == 7
+    ids, lengths = random_batch([5, 3, 0])
+    # Same seed, same LSTM: the projection is the only difference between the two.
+    assert torch.equal(linear.pooled(ids, lengths), mlp.pooled(ids, lengths))
+    out = mlp(ids, lengths)
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+    assert torch.allclose(out, mlp.projection(mlp.pooled(ids, lengths)))
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean", "max+mean"])
