@@ -39,7 +39,7 @@ def finetune(
     head_hidden: int = typer.Option(512, help="Hidden units of the MLP head."),
     dropout: float = typer.Option(0.1, help="Dropout in the MLP head."),
     encoder_dropout: float = typer.Option(
-        0.1, help="Dropout on the encoder's token embeddings while fine-tuning."
+        0.1, help="Dropout in the encoder (token embeddings, between layers) while fine-tuning."
     ),
     sra_weight: float = typer.Option(
         0.0, help="Also keep approximating the cached teacher vectors: W * (1 - cosine)."

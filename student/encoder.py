@@ -145,7 +145,6 @@ class StudentEncoder:
             raise ValueError(
                 f"the tokenizer has {size} tokens but config.vocab_size is {config.vocab_size}"
             )
-        self.config = config
         self.model = model
         self.tokenizer = tokenizer
         # A private copy for encoding: our own truncation, and no tokenizer-side padding (we
@@ -154,6 +153,11 @@ class StudentEncoder:
         self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=config.max_length)
+
+    @property
+    def config(self) -> StudentConfig:
+        """The network's config (one copy, the model's, so changing one changes both)."""
+        return self.model.config
 
     # ------------------------------------------------------------------ loading / saving
 

@@ -71,9 +71,9 @@ class FinetuneConfig:
     head: str | None = None  # mlp | linear; None: linear when frozen, else mlp
     head_hidden: int = 512
     dropout: float = 0.1
-    # Dropout on the encoder's token embeddings while fine-tuning. A distillation run may use
-    # none (a million sentences underfit, small tasks overfit), so fine-tuning sets its own,
-    # the same for every row. None: keep the student's.
+    # Dropout in the encoder (token embeddings, between layers) while fine-tuning. A
+    # distillation run may use none (a million sentences underfit, small tasks overfit), so
+    # fine-tuning sets its own, the same for every row. None: keep the student's.
     encoder_dropout: float | None = 0.1
     sra_weight: float = 0.0  # weight of (1 - cosine to the cached teacher vectors)
     distill_weight: float = 0.0  # weight of the loss to a fine-tuned teacher's cached logits
@@ -126,9 +126,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             )
     encoder = _load_student(cfg, cache)
     if encoder is not None and cfg.encoder_dropout is not None:
-        encoder.config = dataclasses.replace(encoder.config, dropout=cfg.encoder_dropout)
-        encoder.model.config = encoder.config
-        encoder.model.dropout.p = cfg.encoder_dropout
+        encoder.model.set_dropout(cfg.encoder_dropout)
     sentences = load_sentences(cache, cfg.pooling)
     data = {s: load_examples(cache, s, task.pair) for s in splits}
     for split in ("train", *evals):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
@@ -61,6 +63,13 @@ class BiLSTMEncoder(nn.Module):
             )
         else:
             self.projection = nn.Linear(self.pooled_dim, config.output_dim)
+
+    def set_dropout(self, p: float) -> None:
+        """Change the dropout (token embeddings and between layers) and its config together,
+        e.g. to fine-tune with other regularisation than distillation used."""
+        self.config = dataclasses.replace(self.config, dropout=p)  # validates p
+        self.dropout.p = self.config.dropout
+        self.lstm.dropout = self.config.dropout if self.config.num_layers > 1 else 0.0
 
     @property
     def pooled_dim(self) -> int:

@@ -122,6 +122,14 @@ def test_mlp_projection_maps_the_same_pooled_vector_to_the_output():
     assert torch.allclose(out, mlp.projection(mlp.pooled(ids, lengths)))
 
 
+def test_set_dropout_changes_the_modules_and_the_config_together():
+    model = make_model(num_layers=2)
+    model.set_dropout(0.3)
+    assert model.config.dropout == model.dropout.p == model.lstm.dropout == 0.3
+    with pytest.raises(ValueError, match="dropout"):
+        model.set_dropout(1.5)
+
+
 @pytest.mark.parametrize("pooling", ["max", "mean", "max+mean"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_padding_does_not_change_a_sentence_vector(pooling, num_layers):
