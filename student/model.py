@@ -12,6 +12,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from student.config import StudentConfig
 
 
+def _between_layers(config: StudentConfig) -> float:
+    # nn.LSTM only applies dropout between stacked layers (and warns when given it for one).
+    return config.dropout if config.num_layers > 1 else 0.0
+
+
 class BiLSTMEncoder(nn.Module):
     """Embedding -> dropout -> (Bi)LSTM -> pooling over valid positions -> projection.
 
@@ -51,8 +56,7 @@ class BiLSTMEncoder(nn.Module):
             num_layers=config.num_layers,
             batch_first=True,
             bidirectional=config.bidirectional,
-            # nn.LSTM only applies dropout between stacked layers (and warns for 1 layer).
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            dropout=_between_layers(config),
         )
         self.projection: nn.Module
         if config.projection_hidden:
@@ -69,7 +73,7 @@ class BiLSTMEncoder(nn.Module):
         e.g. to fine-tune with other regularisation than distillation used."""
         self.config = dataclasses.replace(self.config, dropout=p)  # validates p
         self.dropout.p = self.config.dropout
-        self.lstm.dropout = self.config.dropout if self.config.num_layers > 1 else 0.0
+        self.lstm.dropout = _between_layers(self.config)
 
     @property
     def pooled_dim(self) -> int:
