@@ -29,6 +29,9 @@ def finetune(
     ),
     batch_size: int = typer.Option(64, help="Examples per step."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, warmup then linear decay)."),
+    encoder_lr: float | None = typer.Option(
+        None, help="The encoder's peak learning rate, if lower than the head's (default: --lr)."
+    ),
     seed: int = typer.Option(0, help="Seed for the head, dropout and batch order."),
     freeze_encoder: bool = typer.Option(
         False, "--freeze-encoder", help="Train the head only, on the student's fixed vectors."
@@ -78,6 +81,7 @@ def finetune(
                 epochs=epochs,
                 batch_size=batch_size,
                 lr=lr,
+                encoder_lr=encoder_lr,
                 freeze_encoder=freeze_encoder,
                 head=head,
                 head_hidden=head_hidden,
@@ -118,6 +122,9 @@ def evaluate(
     caches: Path = typer.Option(Path("caches"), help="Where task caches are found or built."),
     out: Path = typer.Option(Path("runs/evaluate"), help="Runs, results.md and results.json."),
     epochs: int | None = typer.Option(None, help="Override finetune's epochs."),
+    encoder_lr: float | None = typer.Option(
+        None, help="finetune's --encoder-lr in the rows that fine-tune the distilled student."
+    ),
     teachers: Path = typer.Option(
         Path("teachers"),
         help="Fine-tuned teachers (rows tang, sra-tsd, teacher-ft): found or made.",
@@ -142,6 +149,7 @@ def evaluate(
                 caches=caches,
                 out=out,
                 epochs=epochs,
+                encoder_lr=encoder_lr,
                 teachers=teachers,
                 augment=augment,
                 progress=progress,

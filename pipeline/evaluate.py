@@ -53,6 +53,7 @@ ROWS: dict[str, str] = {
     "teacher-ft": "fine-tuned teacher",
 }
 TASK_SPECIFIC = ("tang", "sra-tsd", "teacher-ft")
+DISTILLED_TRAINED = ("sra", "sra-coop", "sra-tsd")  # rows that fine-tune the distilled student
 AUGMENT_TARGET = 12_000  # augmented examples per task by default (at least 1 per example)
 DEFAULT_ROWS = ["sra", "scratch", "sra-frozen", "teacher-frozen"]
 PERCENT = ("accuracy", "f1")  # shown x100, as GLUE tables do; correlations stay in [-1, 1]
@@ -68,6 +69,9 @@ class EvaluateConfig:
     caches: Path = Path("caches")
     out: Path = Path("runs/evaluate")
     epochs: int | None = None
+    # The encoder's rate in the rows that fine-tune the distilled student (sra, sra-coop,
+    # sra-tsd); a random init has nothing to keep, so scratch and tang stay at finetune's lr.
+    encoder_lr: float | None = None
     teachers: Path = Path("teachers")  # fine-tuned teachers, found or made per task
     augment: int | None = None  # variants per training example; None: ~12k per task (1..20)
     progress: bool = True
@@ -121,6 +125,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 )
                 if cfg.epochs is not None:
                     run_cfg = replace(run_cfg, epochs=cfg.epochs)
+                if row in DISTILLED_TRAINED:
+                    run_cfg = replace(run_cfg, encoder_lr=cfg.encoder_lr)
                 print(f"== {task.name} / {row} / seed {seed}", file=sys.stderr)
                 runs.append(finetune(run_cfg))
             results[task.name][row] = {m: [float(r[m]) for r in runs] for m in task.metrics}

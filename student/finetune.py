@@ -64,6 +64,9 @@ class FinetuneConfig:
     epochs: int | None = None  # None: 3, or up to 10 on small tasks (see epochs_for)
     batch_size: int = 64
     lr: float = 1e-3
+    # The encoder's peak rate when it differs from the head's (discriminative fine-tuning,
+    # Howard & Ruder 2018): a lower one keeps more of what distillation put there. None: lr.
+    encoder_lr: float | None = None
     weight_decay: float = 0.01
     warmup: float = 0.1  # share of all steps spent warming up, then linear decay to 0
     grad_clip: float = 1.0
@@ -190,7 +193,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         with log.bar(f"epoch {epoch + 1}/{epochs}", len(batches)) as advance:
             for rows in batches:
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(state.step)
+                    group["lr"] = lr_at(state.step) * group.get("lr_scale", 1.0)
                 loss = _loss(
                     model,
                     task,
@@ -443,6 +446,11 @@ def _check_options(cfg: FinetuneConfig) -> None:
         problems.append("--epochs and --batch-size must be >= 1")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         problems.append(f"--lr must be a positive number, got {cfg.lr}")
+    if cfg.encoder_lr is not None and not (cfg.encoder_lr > 0 and math.isfinite(cfg.encoder_lr)):
+        problems.append(
+            f"--encoder-lr must be a positive number, got {cfg.encoder_lr} "
+            "(to keep the encoder fixed, pass --freeze-encoder)"
+        )
     if cfg.head is not None and cfg.head not in HEADS:
         problems.append(f"--head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
     if cfg.select not in ("best", "last"):
@@ -522,6 +530,7 @@ def _identity(cfg: FinetuneConfig, cache: Cache, encoder: StudentEncoder | None)
         "label_weight",
         "augmented",
         "encoder_dropout",
+        "encoder_lr",
     ):
         if options[key] == getattr(defaults, key):
             options.pop(key)
@@ -600,16 +609,28 @@ class _Optimizers:
         if sparse:
             assert embedding is not None
             embedding.sparse = True
-        self.dense = [
-            p
-            for p in model.parameters()
-            if p.requires_grad and not (sparse and p is embedding.weight)  # type: ignore[union-attr]
+        encoder = {id(p) for p in model.encoder.parameters()} if model.encoder else set()
+        trained = [p for p in model.parameters() if p.requires_grad]
+        self.dense = [p for p in trained if not (sparse and p is embedding.weight)]  # type: ignore[union-attr]
+        # lr_scale: the schedule sets each group's rate to its scale times the head's rate.
+        # One group when the rates agree, as before the option existed, so that checkpoints
+        # written then still load.
+        scale = (cfg.encoder_lr if cfg.encoder_lr is not None else cfg.lr) / cfg.lr
+        groups = [
+            {"params": [p for p in self.dense if id(p) in encoder], "lr_scale": scale},
+            {"params": [p for p in self.dense if id(p) not in encoder], "lr_scale": 1.0},
         ]
+        if scale == 1.0:
+            groups = [{"params": self.dense, "lr_scale": 1.0}]
         self.all: list[torch.optim.Optimizer] = [
-            torch.optim.AdamW(self.dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            torch.optim.AdamW(
+                [g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
         ]
         if sparse:
-            self.all.append(torch.optim.SparseAdam([embedding.weight], lr=cfg.lr))  # type: ignore[union-attr]
+            assert embedding is not None
+            sparse_group = {"params": [embedding.weight], "lr_scale": scale}
+            self.all.append(torch.optim.SparseAdam([sparse_group], lr=cfg.lr))
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

@@ -92,6 +92,7 @@ def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run
         out=tmp_path / "eval",
         epochs=1,
         augment=2,
+        encoder_lr=3e-4,
         progress=False,
     )
     summary = evaluate(cfg)
@@ -106,4 +107,9 @@ def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run
     assert results["teacher-ft"]["f1"] == [pytest.approx(want["f1"], abs=1e-6)]
     run = json.loads((tmp_path / "eval" / "mrpc" / "tang" / "seed0" / "finetune.json").read_text())
     assert run["options"]["distill_weight"] == 1.0 and run["student"] == "scratch"
+    assert "encoder_lr" not in run["options"]  # a random init has nothing to keep
+    run = json.loads(
+        (tmp_path / "eval" / "mrpc" / "sra-tsd" / "seed0" / "finetune.json").read_text()
+    )
+    assert run["options"]["encoder_lr"] == 3e-4
     assert len(summary["table"].splitlines()) == 2 + len(rows)

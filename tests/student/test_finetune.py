@@ -165,6 +165,24 @@ def test_fine_tuning_sets_its_own_embedding_dropout(tmp_path, caches, fresh_stud
     assert tuned_dropout("own", encoder_dropout=None) == 0.0
 
 
+def test_encoder_lr_sets_the_encoders_rate_apart_from_the_heads(tmp_path, caches, fresh_student):
+    from safetensors.torch import load_file
+
+    before = load_file(fresh_student / "model.safetensors")
+
+    def moved(out: str, **kw) -> float:  # type: ignore[no-untyped-def]
+        finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / out, epochs=1, **kw))
+        after = load_file(tmp_path / out / "encoder" / "model.safetensors")
+        return max((after[k] - before[k]).abs().max().item() for k in before)
+
+    assert moved("same") > 1e-3  # the head's rate, 3e-3, for the encoder too
+    assert moved("slow", encoder_lr=1e-9) < 1e-6  # the head learns, the encoder barely moves
+    run = json.loads((tmp_path / "same" / "finetune.json").read_text())
+    assert "encoder_lr" not in json.dumps(run)  # unset: runs from before the option keep their id
+    with pytest.raises(StudentError, match="--encoder-lr must be a positive number"):
+        finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "x", encoder_lr=0))
+
+
 @pytest.mark.parametrize("student", ["teacher", "frozen"])
 def test_frozen_rows_train_a_linear_head(tmp_path, caches, fresh_student, student):
     cfg = tiny(
