@@ -609,9 +609,12 @@ class _Optimizers:
         if sparse:
             assert embedding is not None
             embedding.sparse = True
-        encoder = {id(p) for p in model.encoder.parameters()} if model.encoder else set()
-        trained = [p for p in model.parameters() if p.requires_grad]
-        self.dense = [p for p in trained if not (sparse and p is embedding.weight)]  # type: ignore[union-attr]
+        self.dense = [
+            p
+            for p in model.parameters()
+            if p.requires_grad and not (sparse and p is embedding.weight)  # type: ignore[union-attr]
+        ]
+        encoder = set() if model.encoder is None else {id(p) for p in model.encoder.parameters()}
         # lr_scale: the schedule sets each group's rate to its scale times the head's rate.
         # One group when the rates agree, as before the option existed, so that checkpoints
         # written then still load.
