@@ -119,14 +119,13 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                     out=cfg.out / task.name / row / f"seed{seed}",
                     freeze_encoder=row == "sra-frozen",
                     sra_weight=1.0 if row == "sra-coop" else 0.0,
+                    encoder_lr=cfg.encoder_lr if row in DISTILLED_TRAINED else None,
                     seed=seed,
                     progress=cfg.progress,
                     resume=True,
                 )
                 if cfg.epochs is not None:
                     run_cfg = replace(run_cfg, epochs=cfg.epochs)
-                if row in DISTILLED_TRAINED:
-                    run_cfg = replace(run_cfg, encoder_lr=cfg.encoder_lr)
                 print(f"== {task.name} / {row} / seed {seed}", file=sys.stderr)
                 runs.append(finetune(run_cfg))
             results[task.name][row] = {m: [float(r[m]) for r in runs] for m in task.metrics}

@@ -614,17 +614,17 @@ class _Optimizers:
             for p in model.parameters()
             if p.requires_grad and not (sparse and p is embedding.weight)  # type: ignore[union-attr]
         ]
-        encoder = set() if model.encoder is None else {id(p) for p in model.encoder.parameters()}
         # lr_scale: the schedule sets each group's rate to its scale times the head's rate.
         # One group when the rates agree, as before the option existed, so that checkpoints
         # written then still load.
         scale = (cfg.encoder_lr if cfg.encoder_lr is not None else cfg.lr) / cfg.lr
-        groups = [
-            {"params": [p for p in self.dense if id(p) in encoder], "lr_scale": scale},
-            {"params": [p for p in self.dense if id(p) not in encoder], "lr_scale": 1.0},
-        ]
-        if scale == 1.0:
-            groups = [{"params": self.dense, "lr_scale": 1.0}]
+        groups = [{"params": self.dense, "lr_scale": 1.0}]
+        if scale != 1.0 and model.encoder is not None:
+            encoder = {id(p) for p in model.encoder.parameters()}
+            groups = [
+                {"params": [p for p in self.dense if id(p) in encoder], "lr_scale": scale},
+                {"params": [p for p in self.dense if id(p) not in encoder], "lr_scale": 1.0},
+            ]
         self.all: list[torch.optim.Optimizer] = [
             torch.optim.AdamW(
                 [g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay
