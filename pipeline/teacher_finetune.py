@@ -261,6 +261,9 @@ def _load_model(cfg: TeacherFinetuneConfig, task: TaskSpec) -> tuple[Any, Any]:
             problem_type="regression" if task.is_regression else "single_label_classification",
             trust_remote_code=cfg.trust_remote_code,
         )
+        # A teacher already fine-tuned on another task is an intermediate-task start
+        # (STILTs, Phang et al. 2018): its encoder is kept, its head is not (below).
+        previous_task = getattr(config, "finetuning_task", None)
         # transformers 5 dropped the standard field; an extra attribute still round-trips
         # through config.json, and stage one reads it to tie the logits to their task.
         config.finetuning_task = task.name
@@ -278,7 +281,27 @@ def _load_model(cfg: TeacherFinetuneConfig, task: TaskSpec) -> tuple[Any, Any]:
         )
     except (OSError, ValueError) as e:
         raise PipelineError(_load_error(name, e)) from None
+    if previous_task and previous_task != task.name:
+        # Same label count, other meanings (MRPC's 1 is "equivalent", RTE's 0 "entailment"):
+        # a head of the right size is still the wrong head.
+        _reset_head(model)
     return model, tokenizer
+
+
+def _reset_head(model: Any) -> None:
+    """Re-initialise every module outside the encoder, as a fresh head would be (BERT's init)."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not name or name.startswith(model.base_model_prefix):
+                continue
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
 
 
 def _no_decay(name: str) -> bool:

@@ -206,3 +206,28 @@ def test_a_finetuned_teacher_also_serves_as_a_plain_encoder(tiny_teachers):
     ids = [[2, 40, 41, 3], [2, 42, 3]]
     np.testing.assert_allclose(plain.encode(ids)["mean"], both.encode(ids)["mean"], atol=1e-6)
     assert both.logits(ids, [[0] * 4, [0] * 3]).shape == (2, 2)
+
+
+def test_a_teacher_finetuned_on_another_task_keeps_its_encoder_but_not_its_head(
+    tmp_path, tiny_teachers
+):
+    # Intermediate-task training (STILTs): --teacher teachers/sst2-... --task mrpc. Both heads
+    # have two labels, so only the recorded task tells that this one means something else.
+    from transformers import AutoModelForSequenceClassification
+
+    from cache.tasks import get_task
+    from pipeline.teacher_finetune import _load_model
+
+    source = AutoModelForSequenceClassification.from_pretrained(tiny_teachers["sst2"])
+
+    def load(task: str):  # type: ignore[no-untyped-def]
+        cfg = TeacherFinetuneConfig(task=task, out=tmp_path, teacher=str(tiny_teachers["sst2"]))
+        return _load_model(cfg, get_task(task))[0]
+
+    other, same = load("mrpc"), load("sst2")
+    for name, p in source.named_parameters():
+        head = not name.startswith(source.base_model_prefix)
+        assert torch.equal(p, dict(other.named_parameters())[name]) != head, name
+        assert torch.equal(p, dict(same.named_parameters())[name]), name
+    assert other.config.finetuning_task == "mrpc"
+    assert other.classifier.bias.abs().max() == 0
