@@ -201,6 +201,7 @@ def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateCon
     augmented examples. The fine-tuned teacher is made first when --teachers lacks it."""
     from pipeline.augment import AugmentConfig
     from pipeline.embed import EmbedConfig, embed
+    from pipeline.teacher import _weights_sha256
     from pipeline.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
 
     folder = cfg.teachers / f"{task.name}-{_slug(teacher)}"
@@ -221,10 +222,21 @@ def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateCon
     )
     out = cfg.caches / f"{task.name}-{folder.name}-aug{copies}"
     try:
-        if open_cache(out, checksums=False).manifest.status == "complete":
-            return out
+        found = open_cache(out, checksums=False)
+        complete = found.manifest.status == "complete"
     except CacheError:
-        pass
+        complete = False
+    if complete:
+        # The name says which task and budget, not which teacher: two teachers' folders of
+        # the same name (teachers/rte-minilm, teachers/stilts-stsb/rte-minilm) meet here, so
+        # the weights decide.
+        made_by = found.manifest.config.get("teacher", {})
+        if made_by.get("weights_sha256") != _weights_sha256(str(folder)):
+            raise PipelineError(
+                f"{out} holds the logits of {made_by.get('name', 'another teacher')}, not "
+                f"{folder}: pass another --caches for this teacher (or delete that cache)"
+            )
+        return out
     print(
         f"building the task cache {out} (logits of {folder}, {copies} augmented per example)",
         file=sys.stderr,

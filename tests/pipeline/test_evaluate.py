@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.errors import PipelineError
 from pipeline.evaluate import DEFAULT_ROWS as ROWS
 from pipeline.evaluate import EvaluateConfig, evaluate
 from tests.conftest import write_glue
@@ -113,3 +117,13 @@ def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run
     )
     assert run["options"]["encoder_lr"] == 3e-4
     assert len(summary["table"].splitlines()) == 2 + len(rows)
+    # Another teacher folder of the same name (intermediate-task training, say) must not reuse
+    # this teacher's cache: the names match, the weights and so the logits do not.
+    other = tmp_path / "other-teachers" / teacher.name
+    shutil.copytree(teacher, other)
+    weights = safetensors.torch.load_file(other / "model.safetensors")
+    safetensors.torch.save_file(
+        {k: v + 0.01 for k, v in weights.items()}, other / "model.safetensors"
+    )
+    with pytest.raises(PipelineError, match="holds the logits of .* pass another --caches"):
+        evaluate(replace(cfg, teachers=other.parent))
