@@ -223,10 +223,9 @@ def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateCon
     out = cfg.caches / f"{task.name}-{folder.name}-aug{copies}"
     try:
         found = open_cache(out, checksums=False)
-        complete = found.manifest.status == "complete"
     except CacheError:
-        complete = False
-    if complete:
+        found = None
+    if found is not None and found.manifest.status == "complete":
         # The name says which task and budget, not which teacher: two teachers' folders of
         # the same name (teachers/rte-minilm, teachers/stilts-stsb/rte-minilm) meet here, so
         # the weights decide.
