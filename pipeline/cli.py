@@ -54,11 +54,13 @@ def embed(
         help="Hub name or local folder of a BERT-family encoder "
         "[default: sentence-transformers/all-MiniLM-L6-v2, packaged copy]",
     ),
-    pooling: str = typer.Option("mean", help="Comma list of mean, cls, pooler."),
+    pooling: str = typer.Option(
+        "mean", help="Comma list of mean, cls, pooler, mean_layerN (the mean of hidden layer N)."
+    ),
     outputs: str | None = typer.Option(
         None,
-        help="Comma list of what to cache: poolings (mean, cls, pooler) and `logits` (glue: "
-        "corpora, a teacher fine-tuned on the task); replaces --pooling.",
+        help="Comma list of what to cache: poolings (mean, cls, pooler, mean_layerN) and "
+        "`logits` (glue: corpora, a teacher fine-tuned on the task); replaces --pooling.",
     ),
     augment: int = typer.Option(
         0, help="glue: corpora: augmented variants per training example (Tang et al. 2019)."

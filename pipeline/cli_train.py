@@ -33,7 +33,9 @@ def _one_line_errors() -> Iterator[None]:
 def train(
     cache: Path = typer.Option(..., help="Stage-one cache directory (pipeline embed --out)."),
     out: Path = typer.Option(..., help="Run folder: checkpoints, metrics, the final student."),
-    pooling: str = typer.Option("mean", help="Teacher vectors to approximate (a cache column)."),
+    pooling: str = typer.Option(
+        "mean", help="Teacher vectors to approximate: a cache column, or a comma list of them."
+    ),
     epochs: int | None = typer.Option(
         None, help="Passes over the cache (default: 1, or as many as --max-steps needs)."
     ),

@@ -50,7 +50,7 @@ def id_hash(ids: np.ndarray) -> np.ndarray:
 class DataConfig:
     """How batches are cut from the cache; every field changes which batches a run sees."""
 
-    pooling: str = "mean"
+    pooling: str = "mean"  # a cache column, or a comma list of them to approximate together
     token_budget: int = 8192  # padded tokens (rows * longest row) per batch
     batch_size: int = 256  # most rows per batch
     shuffle_buffer: int = 100_000  # rows shuffled and length-sorted together
@@ -219,7 +219,7 @@ class ShardRows:
         offsets = ids.offsets.to_numpy()
         values = ids.values.to_numpy()
         n_tokens = np.diff(offsets).astype(np.int64)
-        entry = (offsets, values, n_tokens, self.cache.vectors(self.pooling, shard))
+        entry = (offsets, values, n_tokens, target_vectors(self.cache, self.pooling, shard))
         self._open[shard] = entry
         while len(self._open) > self.keep:
             self._open.popitem(last=False)
@@ -429,6 +429,23 @@ def validation_batches(cache: Cache, cfg: DataConfig, split: Split, pad_id: int 
     return out
 
 
+def target_columns(pooling: str) -> list[str]:
+    """The cache columns a target names: ``mean``, or ``mean,mean_layer3`` side by side."""
+    return [p.strip() for p in pooling.split(",") if p.strip()]
+
+
+def target_vectors(cache: Cache, pooling: str, shard: int) -> np.ndarray:
+    """The `[rows, dim x columns]` targets of one shard; one column stays a zero-copy view."""
+    columns = target_columns(pooling)
+    if len(columns) == 1:
+        return cache.vectors(columns[0], shard)
+    return np.concatenate([cache.vectors(c, shard) for c in columns], axis=1)
+
+
+def target_dim(cache: Cache, pooling: str) -> int:
+    return cache.dim * len(target_columns(pooling))
+
+
 def check_trainable(cache: Cache, pooling: str) -> None:
     """Refuse, in one line, a cache that cannot train a student with this pooling."""
     if "input_ids" not in cache.columns:
@@ -436,12 +453,16 @@ def check_trainable(cache: Cache, pooling: str) -> None:
             f"cache {cache.path} has no input_ids column, which stage two trains on; "
             "re-create it with `pipeline embed`"
         )
-    if pooling not in cache.poolings or pooling not in cache.columns:
-        raise CacheError(
-            f"cache {cache.path} has no {pooling!r} vectors (it has "
-            f"{', '.join(cache.poolings) or 'none'}); pass --pooling "
-            f"{(cache.poolings or ['mean'])[0]} or re-run `pipeline embed --pooling {pooling}`"
-        )
+    columns = target_columns(pooling)
+    for column in columns or [pooling]:
+        if column not in cache.poolings or column not in cache.columns:
+            raise CacheError(
+                f"cache {cache.path} has no {column!r} vectors (it has "
+                f"{', '.join(cache.poolings) or 'none'}); pass --pooling "
+                f"{(cache.poolings or ['mean'])[0]} or re-run `pipeline embed --pooling {column}`"
+            )
+    if len(set(columns)) != len(columns):
+        raise CacheError(f"--pooling {pooling} names a column twice; name each once")
     if cache.num_rows < 2:
         raise CacheError(f"cache {cache.path} holds {cache.num_rows} rows; it needs at least 2")
     if cache.dim < 1:

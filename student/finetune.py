@@ -131,6 +131,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if encoder is not None and cfg.encoder_dropout is not None:
         encoder.model.set_dropout(cfg.encoder_dropout)
     sentences = load_sentences(cache, cfg.pooling)
+    if cfg.sra_weight > 0 and encoder is not None:
+        wanted, have = encoder.config.output_dim, sentences.vectors.shape[1]
+        if wanted != have:
+            raise StudentError(
+                f"the student approximates {wanted}-d teacher vectors "
+                f"({encoder.config.teacher_pooling}), but --pooling {cfg.pooling} in {cfg.cache} "
+                f"is {have}-d; pass --pooling {encoder.config.teacher_pooling} with a task cache "
+                "that has those columns"
+            )
     data = {s: load_examples(cache, s, task.pair) for s in splits}
     for split in ("train", *evals):
         if not data[split].labelled:

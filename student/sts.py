@@ -184,7 +184,9 @@ def evaluate_sts(
     if teacher_cache is None:
         return result
 
-    pooling = pooling or encoder.config.teacher_pooling or "mean"
+    # A student of several columns (`mean,mean_layer3`) is scored against the first: the
+    # teacher's sentence vectors; the others only shaped its training.
+    pooling = pooling or encoder.config.teacher_pooling.split(",")[0] or "mean"
     found = teacher_vectors(teacher_cache, set(unique), pooling)
     keep = np.array(
         [s1 in found and s2 in found for s1, s2 in zip(pairs.first, pairs.second, strict=True)]

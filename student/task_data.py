@@ -15,6 +15,7 @@ import torch
 
 from cache import Cache, CacheError
 from cache.task_data import read_examples
+from student.data import target_columns, target_dim, target_vectors
 
 
 @dataclass
@@ -39,13 +40,16 @@ class Sentences:
 
 
 def load_sentences(cache: Cache, pooling: str) -> Sentences:
-    if pooling not in cache.poolings:
-        raise CacheError(
-            f"cache {cache.path} has no {pooling!r} vectors (it has "
-            f"{', '.join(cache.poolings)}); pass --pooling with one of those"
-        )
+    """Every sentence's tokens and teacher vectors (``pooling``: a column, or a comma list of
+    them side by side, as a student trained on them outputs)."""
+    for column in target_columns(pooling) or [pooling]:
+        if column not in cache.poolings:
+            raise CacheError(
+                f"cache {cache.path} has no {column!r} vectors (it has "
+                f"{', '.join(cache.poolings)}); pass --pooling with one of those"
+            )
     n = cache.num_rows
-    vectors = np.empty((n, cache.dim), np.float32)
+    vectors = np.empty((n, target_dim(cache, pooling)), np.float32)
     lengths = np.zeros(n, np.int64)
     pieces: list[tuple[np.ndarray, np.ndarray]] = []
     for shard in range(len(cache.shards)):
@@ -54,7 +58,7 @@ def load_sentences(cache: Cache, pooling: str) -> Sentences:
             raise CacheError(f"cache {cache.path} has sentence ids outside 0..{n - 1}")
         tokens = cache.column_array(shard, "input_ids")
         lengths[ids] = np.diff(tokens.offsets.to_numpy())
-        vectors[ids] = cache.vectors(pooling, shard)
+        vectors[ids] = target_vectors(cache, pooling, shard)
         pieces.append((ids, tokens.values.to_numpy()))
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])

@@ -43,6 +43,7 @@ from student.data import (
     TrainData,
     check_trainable,
     compute_split,
+    target_dim,
     validation_batches,
 )
 from student.dist import Dist
@@ -412,7 +413,7 @@ def student_config(cfg: TrainConfig, cache: Cache, tokenizer: Tokenizer) -> Stud
             pooling=cfg.student_pooling,
             dropout=cfg.dropout,
             projection_hidden=cfg.projection_hidden,
-            output_dim=cache.dim,
+            output_dim=target_dim(cache, cfg.pooling),
             pad_id=int(teacher.get("special_ids", {}).get("pad", 0)),
             max_length=int(teacher.get("max_length", 128)),
             teacher=str(teacher.get("name", "")),

@@ -152,6 +152,37 @@ def test_bad_inputs_fail_before_writing(tmp_path: Path, tiny_bert: Path) -> None
         run(corpus, out, tiny_bert, poolings=("max",))
 
 
+def test_a_hidden_layer_mean_matches_the_teacher(tmp_path: Path, tiny_bert: Path) -> None:
+    from transformers import AutoModel
+
+    corpus = write_corpus(tmp_path / "c.txt", 40)
+    layers = AutoModel.from_pretrained(tiny_bert).config.num_hidden_layers
+    wanted = ("mean", "mean_layer1", f"mean_layer{layers}")
+    run(corpus, tmp_path / "out", tiny_bert, dtype="fp32", poolings=wanted)
+    c = open_cache(tmp_path / "out")
+    assert c.poolings == list(wanted)
+    ids = c.read_shard(0).column("input_ids").to_pylist()[:10]
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    with torch.inference_mode():
+        ref = np.stack(
+            [
+                model(input_ids=torch.tensor([x]), output_hidden_states=True)
+                .hidden_states[1][0]
+                .mean(0)
+                .numpy()
+                for x in ids
+            ]
+        )
+    assert cosine(c.vectors("mean_layer1", 0)[:10], ref).min() > 0.99999
+    # The last hidden layer is the plain mean; layer 1 is another vector.
+    np.testing.assert_allclose(c.vectors(f"mean_layer{layers}", 0), c.vectors("mean", 0))
+    assert np.abs(c.vectors("mean_layer1", 0) - c.vectors("mean", 0)).max() > 1e-3
+    with pytest.raises(PipelineError, match=f"has {layers} layers, so mean_layer9 does not exist"):
+        run(corpus, tmp_path / "deep", tiny_bert, poolings=("mean", "mean_layer9"))
+    with pytest.raises(PipelineError, match="unknown pooling mean_layer"):
+        run(corpus, tmp_path / "bad", tiny_bert, poolings=("mean_layer",))
+
+
 def test_pooler_needs_a_trained_pooler(tmp_path: Path, tiny_bert_no_pooler: Path) -> None:
     corpus = write_corpus(tmp_path / "c.txt", 10)
     with pytest.raises(PipelineError, match="no trained pooler"):

@@ -282,3 +282,21 @@ def test_a_cache_from_another_teacher_warns(tmp_path, caches, glue, student_run,
     assert "warning" not in capsys.readouterr().err  # the cache's vectors are not used
     finetune(tiny(str(student_run), "sst2", cache, tmp_path / "r2", epochs=1, sra_weight=1.0))
     assert "warning: the student was distilled from" in capsys.readouterr().err
+
+
+def test_a_two_column_student_fine_tunes_and_its_sra_loss_needs_both_columns(tmp_path, caches):
+    from student import StudentConfig, StudentEncoder
+
+    cache = open_cache(caches["sst2"])
+    tokenizer = str(cache.tokenizer_path)
+    vocab = Tokenizer.from_file(tokenizer).get_vocab_size(with_added_tokens=True)
+    config = StudentConfig(
+        vocab, embedding_dim=16, hidden_size=16, output_dim=2 * cache.dim,
+        teacher_pooling="mean,mean_layer1",
+    )  # fmt: skip
+    StudentEncoder(config, tokenizer=tokenizer).save_pretrained(tmp_path / "student")
+    student = str(tmp_path / "student")
+    metrics = finetune(tiny(student, "sst2", caches["sst2"], tmp_path / "ft", epochs=1))
+    assert 0 <= metrics["accuracy"] <= 1
+    with pytest.raises(StudentError, match="pass --pooling mean,mean_layer1 with a task cache"):
+        finetune(tiny(student, "sst2", caches["sst2"], tmp_path / "sra", epochs=1, sra_weight=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,14 @@ def test_student_and_cached_teacher_scores(tmp_path, tiny_bert):
     assert out.exit_code == 0, out.output
     assert "spearman" in out.stdout and "student, same pairs" in out.stdout
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == result["rows"]
+
+    # A student of several target columns is compared with the teacher's first one.
+    shutil.copytree(run, tmp_path / "two")
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    config["teacher_pooling"] = "mean,mean_layer1"
+    (tmp_path / "two" / "config.json").write_text(json.dumps(config))
+    two = evaluate_sts(tmp_path / "two", tsv, teacher_cache=teacher_cache)
+    assert two["rows"][1]["model"].endswith(", mean)") and two["rows"][1] == result["rows"][1]
 
 
 def test_eval_sts_bad_student_is_one_line(tmp_path: Path):

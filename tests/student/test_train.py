@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from cache import open_cache
+from cache import CacheError, open_cache
 from student import StudentEncoder, StudentError
 from student.data import DataConfig, compute_split, validation_batches
 from student.train import TrainConfig, train
@@ -206,3 +206,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache_dir
     assert "\n" not in message and "checkpoint (step 1) is kept" in message
     assert json.loads((run / "checkpoint" / "latest.json").read_text()) == {"dir": "step-000000001"}
     assert not (run / "model.safetensors").exists()
+
+
+def test_two_target_columns_side_by_side(tmp_path, tiny_bert):
+    cache_dir = make_cache(tmp_path, tiny_bert, n=200, poolings=("mean", "mean_layer1"))
+    run = train(tiny(cache_dir, tmp_path / "run", max_steps=5, pooling="mean,mean_layer1"))
+    enc = StudentEncoder.from_pretrained(run)
+    assert enc.config.output_dim == 64 and enc.config.teacher_pooling == "mean,mean_layer1"
+    assert enc.encode(["The cat sat."]).shape == (1, 64)
+    # Each target row is the two cached vectors of its sentence, in the order named.
+    cache = open_cache(cache_dir)
+    cfg = DataConfig(pooling="mean,mean_layer1", val_fraction=0.05)
+    batch = validation_batches(cache, cfg, compute_split(cache, cfg))[0]
+    by_tokens = {}
+    for shard in range(len(cache.shards)):
+        rows = cache.read_shard(shard, ["input_ids"]).column(0).to_pylist()
+        both = np.hstack([cache.vectors("mean", shard), cache.vectors("mean_layer1", shard)])
+        by_tokens |= {tuple(r): v for r, v in zip(rows, both, strict=True)}
+    for ids, n, target in zip(batch.input_ids, batch.lengths, batch.targets, strict=True):
+        np.testing.assert_array_equal(target.numpy(), by_tokens[tuple(ids[:n].tolist())])
+    with pytest.raises(CacheError, match="has no 'cls' vectors"):
+        train(tiny(cache_dir, tmp_path / "cls", max_steps=5, pooling="mean,cls"))
+    with pytest.raises(CacheError, match="names a column twice"):
+        train(tiny(cache_dir, tmp_path / "twice", max_steps=5, pooling="mean,mean"))
