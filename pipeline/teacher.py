@@ -179,14 +179,14 @@ class Teacher:
                     f"teacher {self.name!r} has no trained pooler layer; drop `pooler` from "
                     "--pooling (use mean or cls)"
                 )
-        layers = int(getattr(config, "num_hidden_layers", 0))
-        deep = [p for p in self.poolings if (m := LAYER_MEAN.fullmatch(p)) and int(m[1]) > layers]
+        self.layers = {p: int(m[1]) for p in self.poolings if (m := LAYER_MEAN.fullmatch(p))}
+        depth = int(getattr(config, "num_hidden_layers", 0))
+        deep = [p for p, layer in self.layers.items() if layer > depth]
         if deep:
             raise PipelineError(
-                f"teacher {self.name!r} has {layers} layers, so {deep[0]} does not exist; "
-                f"use mean_layer0 to mean_layer{layers}"
+                f"teacher {self.name!r} has {depth} layers, so {deep[0]} does not exist; "
+                f"use mean_layer0 to mean_layer{depth}"
             )
-        self.layers = {p: int(m[1]) for p in self.poolings if (m := LAYER_MEAN.fullmatch(p))}
         self.config = config
         self.num_labels = int(config.num_labels) if classifier is not None else 0
         self.finetuning_task = getattr(config, "finetuning_task", None)

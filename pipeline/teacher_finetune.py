@@ -290,6 +290,7 @@ def _load_model(cfg: TeacherFinetuneConfig, task: TaskSpec) -> tuple[Any, Any]:
 
 def _reset_head(model: Any) -> None:
     """Re-initialise every module outside the encoder, as a fresh head would be (BERT's init)."""
+    # Not model._init_weights: on a model from from_pretrained it skips the modules it loaded.
     std = getattr(model.config, "initializer_range", 0.02)
     with torch.no_grad():
         for name, module in model.named_modules():

@@ -446,13 +446,8 @@ def target_dim(cache: Cache, pooling: str) -> int:
     return cache.dim * len(target_columns(pooling))
 
 
-def check_trainable(cache: Cache, pooling: str) -> None:
-    """Refuse, in one line, a cache that cannot train a student with this pooling."""
-    if "input_ids" not in cache.columns:
-        raise CacheError(
-            f"cache {cache.path} has no input_ids column, which stage two trains on; "
-            "re-create it with `pipeline embed`"
-        )
+def check_target(cache: Cache, pooling: str) -> None:
+    """Refuse, in one line, a target naming a column the cache lacks, or one twice."""
     columns = target_columns(pooling)
     for column in columns or [pooling]:
         if column not in cache.poolings or column not in cache.columns:
@@ -463,6 +458,16 @@ def check_trainable(cache: Cache, pooling: str) -> None:
             )
     if len(set(columns)) != len(columns):
         raise CacheError(f"--pooling {pooling} names a column twice; name each once")
+
+
+def check_trainable(cache: Cache, pooling: str) -> None:
+    """Refuse, in one line, a cache that cannot train a student with this pooling."""
+    if "input_ids" not in cache.columns:
+        raise CacheError(
+            f"cache {cache.path} has no input_ids column, which stage two trains on; "
+            "re-create it with `pipeline embed`"
+        )
+    check_target(cache, pooling)
     if cache.num_rows < 2:
         raise CacheError(f"cache {cache.path} holds {cache.num_rows} rows; it needs at least 2")
     if cache.dim < 1:

@@ -15,7 +15,7 @@ import torch
 
 from cache import Cache, CacheError
 from cache.task_data import read_examples
-from student.data import target_columns, target_dim, target_vectors
+from student.data import check_target, target_dim, target_vectors
 
 
 @dataclass
@@ -42,12 +42,7 @@ class Sentences:
 def load_sentences(cache: Cache, pooling: str) -> Sentences:
     """Every sentence's tokens and teacher vectors (``pooling``: a column, or a comma list of
     them side by side, as a student trained on them outputs)."""
-    for column in target_columns(pooling) or [pooling]:
-        if column not in cache.poolings:
-            raise CacheError(
-                f"cache {cache.path} has no {column!r} vectors (it has "
-                f"{', '.join(cache.poolings)}); pass --pooling with one of those"
-            )
+    check_target(cache, pooling)
     n = cache.num_rows
     vectors = np.empty((n, target_dim(cache, pooling)), np.float32)
     lengths = np.zeros(n, np.int64)
