@@ -61,6 +61,10 @@ def train(
     normalize_targets: bool = typer.Option(
         False, help="Train on unit-length teacher vectors (cosine geometry only)."
     ),
+    lm_weight: float = typer.Option(
+        0.0, help="Add W * a bidirectional language-model loss (sampled softmax; --layers 1)."
+    ),
+    lm_samples: int = typer.Option(256, help="Negatives per batch for the --lm-weight loss."),
     warmup: float = typer.Option(0.03, help="Share of the steps spent warming up linearly."),
     decay: str = typer.Option("cosine", help="cosine | linear | constant, down to lr/10."),
     weight_decay: float = typer.Option(0.01, help="AdamW weight decay on matrices."),
@@ -108,6 +112,8 @@ def train(
         grad_clip=grad_clip,
         cos_weight=cos_weight,
         normalize_targets=normalize_targets,
+        lm_weight=lm_weight,
+        lm_samples=lm_samples,
         bf16=bf16,
         seed=seed,
         device=device,

@@ -26,7 +26,6 @@ from cache.files import fsync_dir, write_atomic, write_file
 from student.data import DataPosition
 from student.dist import Dist
 from student.errors import StudentError
-from student.model import BiLSTMEncoder
 
 RUN_FORMAT = "sra-train-run"
 CHECKPOINT_FORMAT = "sra-train-checkpoint"
@@ -224,7 +223,7 @@ class TrainState:
 
 def save_checkpoint(
     run: RunDir,
-    model: BiLSTMEncoder,
+    model: torch.nn.Module,  # the student, or StudentWithLM
     optimizer: torch.optim.Optimizer,
     state: TrainState,
     fingerprint: str,
@@ -288,7 +287,7 @@ def _commit_checkpoint(folder: Path, tmp: Path, name: str) -> None:
 
 
 def load_checkpoint(
-    folder: Path, model: BiLSTMEncoder, optimizer: torch.optim.Optimizer, dist: Dist
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: Dist
 ) -> tuple[int, int, int, DataPosition]:
     """Restore weights, optimiser, this rank's RNG; return (step, epoch, epoch_step, position)."""
     try:

@@ -149,12 +149,27 @@ class BiLSTMEncoder(nn.Module):
         ids, lengths = self._prepare(input_ids, lengths)
         if ids.shape[0] == 0:
             return self.embedding.weight.new_zeros((0, self.pooled_dim))
+        return self._pool(self._run(ids, lengths), lengths)
+
+    def states(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token LSTM outputs, for objectives beyond the sentence vector (the bi-LM).
+
+        Returns ``(ids [B, T], lengths [B], outputs [B, T, directions * hidden_size])`` with
+        the ids and lengths as ``_prepare`` leaves them (trimmed, empty rows clamped), so that
+        ``projection(_pool(outputs, lengths))`` is exactly ``forward``.
+        """
+        ids, lengths = self._prepare(input_ids, lengths)
+        if ids.shape[0] == 0:
+            raise ValueError("states needs at least one row")
+        return ids, lengths, self._run(ids, lengths)
+
+    def _run(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.embedding(ids))
         if bool((lengths == ids.shape[1]).all()):
-            out, _ = self.lstm(x)
-        else:
-            out = self._lstm_right_padded(x, lengths)
-        return self._pool(out, lengths)
+            return self.lstm(x)[0]
+        return self._lstm_right_padded(x, lengths)
 
     def _lstm_right_padded(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The (Bi)LSTM over right-padded rows, exactly as over packed sequences, but faster.

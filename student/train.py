@@ -49,6 +49,7 @@ from student.data import (
 from student.dist import Dist
 from student.encoder import StudentEncoder, cpu_bf16_supported
 from student.errors import StudentError
+from student.lm import BiLMHead, StudentWithLM, sampling_distribution, unigram_counts
 from student.meter import Meter
 from student.model import BiLSTMEncoder, pca_project
 
@@ -86,6 +87,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     cos_weight: float = 0.0  # loss = MSE + cos_weight * (1 - cosine)
     normalize_targets: bool = False
+    # A bi-LM beside distillation (student.lm): loss += lm_weight * sampled-softmax CE.
+    lm_weight: float = 0.0
+    lm_samples: int = 256  # shared negatives per batch (1024: +30% step time, measured)
     bf16: bool | None = None  # None: where the hardware runs bf16 natively
     seed: int = 0
     # Bookkeeping; these do not change the weights.
@@ -150,10 +154,16 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     model = BiLSTMEncoder(student_cfg)
     if cfg.init_embeddings == "teacher":
         model.init_embeddings(_teacher_embeddings(cache, student_cfg, cfg.seed))
-    model.to(dist.device)
+    # With --lm-weight the network trained (and checkpointed) is the student plus its bi-LM
+    # head; only the student is validated and saved.
+    net: torch.nn.Module = model
+    if cfg.lm_weight:
+        probs = sampling_distribution(unigram_counts(cache, student_cfg.vocab_size), pad_id)
+        net = StudentWithLM(model, BiLMHead(model, probs, cfg.lm_samples))
+    net.to(dist.device)
     # Dropout masks differ between ranks, as they would for different examples.
     torch.manual_seed(cfg.seed + 1 + dist.rank)
-    optimizer = _optimizer(model, cfg)
+    optimizer = _optimizer(net, cfg)
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # -- the run folder: refuse another run's folder, find the checkpoint to resume -----------
@@ -175,10 +185,10 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- resume ------------------------------------------------------------------------------
     step, epoch, epoch_step, position = 0, 0, 0, DataPosition([0] * data.streams)
     if checkpoint is not None:
-        step, epoch, epoch_step, position = load_checkpoint(checkpoint, model, optimizer, dist)
+        step, epoch, epoch_step, position = load_checkpoint(checkpoint, net, optimizer, dist)
         _log(dist, f"resuming {cfg.out} at step {step:,} (epoch {epoch}, batch {epoch_step:,})")
     run.trim_metrics(step)
-    ddp = dist.wrap(model)
+    ddp = dist.wrap(net)
 
     # -- the loop ----------------------------------------------------------------------------
     meter = Meter(run, dist, total, cfg.progress, cfg.log_every)
@@ -201,22 +211,36 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                     group["lr"] = lr
                 b = batch.to(dist.device)
                 targets = F.normalize(b.targets, dim=-1) if cfg.normalize_targets else b.targets
+                lm_loss = None
                 with autocast:
-                    pred = ddp(b.input_ids, b.lengths)
+                    if cfg.lm_weight:
+                        # Negatives seeded by step: the same on every rank and after a resume.
+                        negatives = net.lm.draw(torch.Generator().manual_seed(cfg.seed + step))
+                        pred, lm_loss = ddp(b.input_ids, b.lengths, negatives)
+                    else:
+                        pred = ddp(b.input_ids, b.lengths)
                 pred = pred.float()
                 mse = F.mse_loss(pred, targets)
                 cos = F.cosine_similarity(pred, targets, dim=-1).mean()
                 loss = mse + cfg.cos_weight * (1 - cos) if cfg.cos_weight else mse
+                if lm_loss is not None:
+                    loss = loss + cfg.lm_weight * lm_loss
                 # Every rank must agree on stopping, so the check uses the all-reduced value.
-                loss_value, cos_value, sentences = dist.sum(
-                    [loss.detach(), cos.detach(), float(len(batch))]
+                loss_value, cos_value, lm_value, sentences = dist.sum(
+                    [
+                        loss.detach(),
+                        cos.detach(),
+                        lm_loss.detach() if lm_loss is not None else 0.0,
+                        float(len(batch)),
+                    ]
                 )
                 loss_value, cos_value = loss_value / dist.world, cos_value / dist.world
+                lm_value = lm_value / dist.world if lm_loss is not None else None
                 if not math.isfinite(loss_value):
                     raise _non_finite("loss", loss_value, step, lr, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip))
                 if not math.isfinite(grad_norm):
                     raise _non_finite("gradient norm", grad_norm, step, lr, run)
                 optimizer.step()
@@ -225,14 +249,16 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                 epoch_step += 1
                 position.advance(batch, data.streams)
                 tokens = int(batch.lengths.sum()) * dist.world  # about: ranks see similar rows
-                meter.train(step, epoch, loss_value, cos_value, lr, int(sentences), tokens)
+                meter.train(
+                    step, epoch, loss_value, cos_value, lr, int(sentences), tokens, lm=lm_value
+                )
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     with meter.paused():
                         meter.val(step, epoch, evaluate(model, val, dist, autocast, cfg))
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                     state = TrainState(step, epoch, epoch_step, position)
                     with meter.paused():
-                        save_checkpoint(run, model, optimizer, state, fingerprint, dist)
+                        save_checkpoint(run, net, optimizer, state, fingerprint, dist)
             if step < total:
                 epoch, epoch_step = epoch + 1, 0
                 position = DataPosition([0] * data.streams)
@@ -382,6 +408,13 @@ def _check_options(cfg: TrainConfig) -> None:
         problems.append("--val-fraction must be in [0, 0.5)")
     if cfg.workers < 0 or cfg.cos_weight < 0 or cfg.grad_clip <= 0 or not 0 <= cfg.warmup < 1:
         problems.append("--workers, --cos-weight >= 0, --grad-clip > 0, 0 <= --warmup < 1")
+    if not (cfg.lm_weight >= 0 and math.isfinite(cfg.lm_weight)) or cfg.lm_samples < 1:
+        problems.append("--lm-weight must be a number >= 0 and --lm-samples >= 1")
+    if cfg.lm_weight and cfg.layers != 1:
+        problems.append(
+            "--lm-weight needs --layers 1: stacked BiLSTM layers mix both directions, so each "
+            "state would already have read the token it is asked to predict"
+        )
     if cfg.resume and cfg.overwrite:
         problems.append("--resume and --overwrite contradict each other; pass one")
     if problems:
@@ -486,6 +519,8 @@ def _identity(
             )
         },
         "bf16": bf16,
+        # Written only when on, so runs without the bi-LM keep their fingerprints.
+        **({"lm": {"weight": cfg.lm_weight, "samples": cfg.lm_samples}} if cfg.lm_weight else {}),
         # The batch order depends on how the rows are dealt out to processes and workers.
         "layout": {"world_size": world, "workers": cfg.workers},
     }
