@@ -51,6 +51,8 @@ def test_no_state_has_read_the_token_it_predicts():
         return head.predictions(out, i, n)
 
     (qa, ta), (qb, tb) = queries(ids), queries(changed)
+    # Token 3 is the target of forward t = 2 and of backward t = 4, nothing else.
+    assert (ta != tb).nonzero().flatten().tolist() == [2, 11]
     # Row 0 gives 5 predictions per direction, row 1 gives 3; forward ones come first, in
     # row-major order of (row, t): row 0 t = 0..4, then row 1 t = 0..2.
     assert len(ta) == 2 * (5 + 3)
@@ -80,10 +82,8 @@ def test_sampled_softmax_matches_a_hand_computed_loss():
     log_q = torch.log(head.probs * 6)
     total = 0.0
     for q, y in zip(queries, targets.tolist(), strict=True):
-        def score(j: int) -> float:
-            return float(q @ table[j] + bias[j] - log_q[j])
-
-        scores = [score(y)] + [score(j) for j in negatives.tolist() if j != y]
+        kept = [y] + [j for j in negatives.tolist() if j != y]  # accidental hits removed
+        scores = [float(q @ table[j] + bias[j] - log_q[j]) for j in kept]
         total += math.log(sum(math.exp(s) for s in scores)) - scores[0]
     assert float(loss) == pytest.approx(total / len(targets), rel=1e-5)
 
