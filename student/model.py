@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -167,7 +168,15 @@ class BiLSTMEncoder(nn.Module):
 
     def _run(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.embedding(ids))
-        if bool((lengths == ids.shape[1]).all()):
+        if x.device.type == "cpu" and _cpu_bf16_autocast() and not _cpu_has_bf16_lstm():
+            # oneDNN has no bf16 LSTM on CPUs without AVX-512 ("could not create a primitive
+            # descriptor"): there the LSTM runs in fp32 and the rest of the model stays in bf16.
+            with torch.autocast("cpu", enabled=False):
+                return self._lstm(x.float(), lengths)
+        return self._lstm(x, lengths)
+
+    def _lstm(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if bool((lengths == x.shape[1]).all()):
             return self.lstm(x)[0]
         return self._lstm_right_padded(x, lengths)
 
@@ -207,6 +216,19 @@ class BiLSTMEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Vectors in the teacher's space: ``[B, output_dim]``."""
         return self.projection(self.pooled(input_ids, lengths))
+
+
+def _cpu_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+@functools.cache
+def _cpu_has_bf16_lstm() -> bool:
+    """oneDNN's bf16 kernels (the LSTM among them) exist on AVX-512 CPUs and newer only."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
 
 
 def _gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
