@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 from cache.files import fsync_dir, write_file
 from student.config import StudentConfig
 from student.errors import StudentError
-from student.model import BiLSTMEncoder
+from student.model import BiLSTMEncoder, onednn_bf16_available
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -48,12 +48,7 @@ def _one_line(error: BaseException) -> str:
 @functools.cache
 def cpu_bf16_supported() -> bool:
     """True when this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX on x86, ARM BF16)."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return False
-    except Exception:
+    if not onednn_bf16_available():
         return False
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         # oneDNN also says yes on plain AVX-512, where bf16 is emulated and not faster.

@@ -69,6 +69,8 @@ class BiLMHead(nn.Module):
         self.backward_proj = nn.Linear(cfg.hidden_size, cfg.embedding_dim)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.register_buffer("probs", probs.clone(), persistent=False)
+        # log of each id's expected count among the negatives, the sampled-softmax correction
+        self.register_buffer("log_count", torch.log(probs * samples), persistent=False)
 
     def draw(self, generator: torch.Generator) -> torch.Tensor:
         """``samples`` negative ids (with replacement), from a generator the caller seeds."""
@@ -108,7 +110,7 @@ class BiLMHead(nn.Module):
         if not len(targets):
             return outputs.sum() * 0.0
         negatives = negatives.to(ids.device)
-        offset = self.bias - torch.log(self.probs * self.samples)  # bias - log expected count
+        offset = self.bias - self.log_count
         # F.embedding, not indexing: its backward is a dense kernel, where indexing's
         # index_put accumulate is serial on CPU and cost more than the whole LM head.
         true = (queries.float() * F.embedding(targets, embedding).float()).sum(-1)

@@ -168,7 +168,7 @@ class BiLSTMEncoder(nn.Module):
 
     def _run(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.embedding(ids))
-        if x.device.type == "cpu" and _cpu_bf16_autocast() and not _cpu_has_bf16_lstm():
+        if x.device.type == "cpu" and _cpu_bf16_autocast() and not onednn_bf16_available():
             # oneDNN has no bf16 LSTM on CPUs without AVX-512 ("could not create a primitive
             # descriptor"): there the LSTM runs in fp32 and the rest of the model stays in bf16.
             with torch.autocast("cpu", enabled=False):
@@ -223,10 +223,13 @@ def _cpu_bf16_autocast() -> bool:
 
 
 @functools.cache
-def _cpu_has_bf16_lstm() -> bool:
-    """oneDNN's bf16 kernels (the LSTM among them) exist on AVX-512 CPUs and newer only."""
+def onednn_bf16_available() -> bool:
+    """Whether oneDNN has bf16 kernels here (the LSTM among them): AVX-512 CPUs and newer,
+    natively (avx512_bf16/AMX) or emulated; on AVX2 it has none and a bf16 LSTM fails."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.backends.mkldnn.is_available() and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
     except Exception:
         return False
 

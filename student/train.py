@@ -89,7 +89,7 @@ class TrainConfig:
     normalize_targets: bool = False
     # A bi-LM beside distillation (student.lm): loss += lm_weight * sampled-softmax CE.
     lm_weight: float = 0.0
-    lm_samples: int = 256  # shared negatives per batch (1,024: +46% step time in fp32)
+    lm_samples: int = 256  # shared negatives per batch; each costs time on every token
     bf16: bool | None = None  # None: where the hardware runs bf16 natively
     seed: int = 0
     # Bookkeeping; these do not change the weights.

@@ -79,7 +79,7 @@ def test_sampled_softmax_matches_a_hand_computed_loss():
 
     queries, targets = head.predictions(out, i, n)
     table, bias = model.embedding.weight, head.bias
-    log_q = torch.log(head.probs * 6)
+    log_q = torch.log(head.probs * 6)  # by hand, not head.log_count
     total = 0.0
     for q, y in zip(queries, targets.tolist(), strict=True):
         kept = [y] + [j for j in negatives.tolist() if j != y]  # accidental hits removed
