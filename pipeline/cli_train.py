@@ -65,6 +65,9 @@ def train(
         0.0, help="Add W * a bidirectional language-model loss (sampled softmax; --layers 1)."
     ),
     lm_samples: int = typer.Option(256, help="Negatives per batch for the --lm-weight loss."),
+    rf_weight: float = typer.Option(
+        0.0, help="Add W * a real-vs-corrupted sentence loss (one edited copy per sentence)."
+    ),
     warmup: float = typer.Option(0.03, help="Share of the steps spent warming up linearly."),
     decay: str = typer.Option("cosine", help="cosine | linear | constant, down to lr/10."),
     weight_decay: float = typer.Option(0.01, help="AdamW weight decay on matrices."),
@@ -114,6 +117,7 @@ def train(
         normalize_targets=normalize_targets,
         lm_weight=lm_weight,
         lm_samples=lm_samples,
+        rf_weight=rf_weight,
         bf16=bf16,
         seed=seed,
         device=device,

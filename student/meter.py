@@ -27,7 +27,8 @@ class Meter:
         self.log_every = max(1, log_every)
         self._start = self._last_log = self._mark = time.perf_counter()
         self._window: list[tuple[float, float]] = []
-        self._lm_window: list[float] = []  # bi-LM cross-entropy, when training has one
+        # Side objectives' values (lm_loss, rf_loss, rf_acc), averaged like the loss.
+        self._extra: dict[str, list[float]] = {}
         self._sentences = self._tokens = 0
         self._run_sentences = 0
         self._paused = 0.0  # seconds spent validating and checkpointing
@@ -83,11 +84,11 @@ class Meter:
         lr: float,
         sentences: int,
         tokens: int,
-        lm: float | None = None,
+        extra: dict[str, float] | None = None,
     ) -> None:
         self._window.append((loss, cos))
-        if lm is not None:
-            self._lm_window.append(lm)
+        for key, value in (extra or {}).items():
+            self._extra.setdefault(key, []).append(value)
         self._sentences += sentences
         self._tokens += tokens
         self._run_sentences += sentences
@@ -105,10 +106,9 @@ class Meter:
             "tokens_per_s": round(self._tokens / seconds, 1),
             "elapsed_s": round(now - self._start, 2),
         }
-        if self._lm_window:
-            self._last_train["lm_loss"] = float(np.mean(self._lm_window))
+        self._last_train.update({k: float(np.mean(v)) for k, v in self._extra.items()})
         self._write(self._last_train)
-        self._lm_window = []
+        self._extra = {}
         self._window, self._sentences, self._tokens, self._mark = [], 0, 0, now
         self._show(step)
 
@@ -126,6 +126,7 @@ class Meter:
             parts += [
                 f"loss {t['loss']:.4g}",
                 *([f"lm {t['lm_loss']:.3f}"] if "lm_loss" in t else []),
+                *([f"real/fake acc {t['rf_acc']:.3f}"] if "rf_acc" in t else []),
                 f"lr {t['lr']:.2e}",
                 f"{t['sentences_per_s']:,.0f} sent/s",
             ]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -52,6 +53,7 @@ from student.errors import StudentError
 from student.lm import BiLMHead, StudentWithLM, sampling_distribution, unigram_counts
 from student.meter import Meter
 from student.model import BiLSTMEncoder, pca_project
+from student.realfake import EDITS, RealFakeHead, StudentWithRF, corrupt, token_kinds
 
 
 @dataclass
@@ -90,6 +92,8 @@ class TrainConfig:
     # A bi-LM beside distillation (student.lm): loss += lm_weight * sampled-softmax CE.
     lm_weight: float = 0.0
     lm_samples: int = 256  # shared negatives per batch; each costs time on every token
+    # Real vs corrupted sentences (student.realfake): loss += rf_weight * logistic loss.
+    rf_weight: float = 0.0
     bf16: bool | None = None  # None: where the hardware runs bf16 natively
     seed: int = 0
     # Bookkeeping; these do not change the weights.
@@ -154,12 +158,15 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     model = BiLSTMEncoder(student_cfg)
     if cfg.init_embeddings == "teacher":
         model.init_embeddings(_teacher_embeddings(cache, student_cfg, cfg.seed))
-    # With --lm-weight the network trained (and checkpointed) is the student plus its bi-LM
-    # head; only the student is validated and saved.
+    # With --lm-weight or --rf-weight the network trained (and checkpointed) is the student
+    # plus a head for that objective; only the student is validated and saved.
     net: torch.nn.Module = model
     if cfg.lm_weight:
         probs = sampling_distribution(unigram_counts(cache, student_cfg.vocab_size), pad_id)
         net = StudentWithLM(model, BiLMHead(model, probs, cfg.lm_samples))
+    if cfg.rf_weight:
+        kinds = token_kinds(tokenizer, student_cfg.vocab_size)
+        net = StudentWithRF(model, RealFakeHead(model))
     net.to(dist.device)
     # Dropout masks differ between ranks, as they would for different examples.
     torch.manual_seed(cfg.seed + 1 + dist.rank)
@@ -211,31 +218,45 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                     group["lr"] = lr
                 b = batch.to(dist.device)
                 targets = F.normalize(b.targets, dim=-1) if cfg.normalize_targets else b.targets
-                lm_loss = None
+                side: dict[str, torch.Tensor] = {}  # side objectives' values, for the log
                 with autocast:
                     if cfg.lm_weight:
                         # Negatives seeded by step: the same on every rank and after a resume.
                         negatives = net.lm.draw(torch.Generator().manual_seed(cfg.seed + step))
-                        pred, lm_loss = ddp(b.input_ids, b.lengths, negatives)
+                        pred, side["lm_loss"] = ddp(b.input_ids, b.lengths, negatives)
+                    elif cfg.rf_weight:
+                        # Edits seeded by step and rank: reproducible after a resume.
+                        rng = np.random.default_rng([cfg.seed, step, dist.rank])
+                        fake, fake_lengths = corrupt(
+                            batch.input_ids.numpy(),
+                            batch.lengths.numpy(),
+                            kinds,
+                            pad_id,
+                            rng,
+                        )
+                        pred, side["rf_loss"], side["rf_acc"] = ddp(
+                            b.input_ids,
+                            b.lengths,
+                            torch.from_numpy(fake).to(dist.device),
+                            torch.from_numpy(fake_lengths),
+                        )
                     else:
                         pred = ddp(b.input_ids, b.lengths)
                 pred = pred.float()
                 mse = F.mse_loss(pred, targets)
                 cos = F.cosine_similarity(pred, targets, dim=-1).mean()
                 loss = mse + cfg.cos_weight * (1 - cos) if cfg.cos_weight else mse
-                if lm_loss is not None:
-                    loss = loss + cfg.lm_weight * lm_loss
+                if "lm_loss" in side:
+                    loss = loss + cfg.lm_weight * side["lm_loss"]
+                if "rf_loss" in side:
+                    loss = loss + cfg.rf_weight * side["rf_loss"]
                 # Every rank must agree on stopping, so the check uses the all-reduced value.
-                loss_value, cos_value, lm_value, sentences = dist.sum(
-                    [
-                        loss.detach(),
-                        cos.detach(),
-                        lm_loss.detach() if lm_loss is not None else 0.0,
-                        float(len(batch)),
-                    ]
+                loss_value, cos_value, sentences, *side_values = dist.sum(
+                    [loss.detach(), cos.detach(), float(len(batch))]
+                    + [v.detach() for v in side.values()]
                 )
                 loss_value, cos_value = loss_value / dist.world, cos_value / dist.world
-                lm_value = lm_value / dist.world if lm_loss is not None else None
+                extra = {k: float(v) / dist.world for k, v in zip(side, side_values, strict=True)}
                 if not math.isfinite(loss_value):
                     raise _non_finite("loss", loss_value, step, lr, run)
                 optimizer.zero_grad(set_to_none=True)
@@ -250,7 +271,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                 position.advance(batch, data.streams)
                 tokens = int(batch.lengths.sum()) * dist.world  # about: ranks see similar rows
                 meter.train(
-                    step, epoch, loss_value, cos_value, lr, int(sentences), tokens, lm=lm_value
+                    step, epoch, loss_value, cos_value, lr, int(sentences), tokens, extra=extra
                 )
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     with meter.paused():
@@ -415,6 +436,10 @@ def _check_options(cfg: TrainConfig) -> None:
             "--lm-weight needs --layers 1: stacked BiLSTM layers mix both directions, so each "
             "state would already have read the token it is asked to predict"
         )
+    if not (cfg.rf_weight >= 0 and math.isfinite(cfg.rf_weight)):
+        problems.append("--rf-weight must be a number >= 0")
+    if cfg.rf_weight and cfg.lm_weight:
+        problems.append("--rf-weight and --lm-weight cannot be combined yet; pass one of them")
     if cfg.resume and cfg.overwrite:
         problems.append("--resume and --overwrite contradict each other; pass one")
     if problems:
@@ -521,6 +546,7 @@ def _identity(
         "bf16": bf16,
         # Written only when on, so runs without the bi-LM keep their fingerprints.
         **({"lm": {"weight": cfg.lm_weight, "samples": cfg.lm_samples}} if cfg.lm_weight else {}),
+        **({"rf": {"weight": cfg.rf_weight, "edits": list(EDITS)}} if cfg.rf_weight else {}),
         # The batch order depends on how the rows are dealt out to processes and workers.
         "layout": {"world_size": world, "workers": cfg.workers},
     }

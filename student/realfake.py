@@ -1,0 +1,184 @@
+"""A real-or-corrupted sentence loss beside distillation (``pipeline train --rf-weight``).
+
+Why: the student learns to reproduce mean-pooled *semantic* vectors, and the teacher's
+vectors barely change when a sentence stops being grammatical (a linear probe on them scores
+CoLA MCC 0.01), so nothing in distillation alone teaches acceptability. Warstadt et al. (2019,
+"Neural Network Acceptability Judgments") pretrained their CoLA encoders to tell real
+sentences from corrupted ones; the same can ride along here at no data cost, because the
+cache already holds every sentence's token ids.
+
+Each batch of real sentences gets one corrupted copy per sentence, made from its token ids by
+one word-level edit (a word is a WordPiece token plus the ``##`` pieces that follow it, so an
+edit never splits a word): swap two neighbouring words, move a word elsewhere, delete a word,
+repeat a word, or replace a word with one from another sentence of the batch. The first and
+last tokens ([CLS] and [SEP] in BERT ids) stay put, and so does a final punctuation mark:
+moving or dropping the full stop would be a corruption the head spots without learning any
+grammar. A small MLP on the student's pooled
+vector scores real against corrupted with a logistic loss; the distillation loss still sees
+only the real sentences. The head exists only during training and is never saved with the
+student.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from student.model import BiLSTMEncoder
+
+EDITS = ("swap", "move", "delete", "repeat", "replace")
+MIN_WORDS = {"swap": 2, "move": 2, "delete": 3, "repeat": 1, "replace": 1}
+HEAD_HIDDEN = 256
+
+
+CONTINUES, PUNCTUATION = 1, 2  # token kinds
+
+
+def token_kinds(tokenizer: Tokenizer, vocab_size: int) -> np.ndarray:
+    """``[vocab_size]`` int8: CONTINUES for a piece that continues the word before it
+    (``##...``), PUNCTUATION for a token of punctuation marks only, else 0."""
+    kinds = np.zeros(vocab_size, dtype=np.int8)
+    for token, i in tokenizer.get_vocab(with_added_tokens=True).items():
+        if i >= vocab_size:
+            continue
+        if token.startswith("##") and len(token) > 2:
+            kinds[i] = CONTINUES
+        elif token and not any(c.isalnum() for c in token) and not token.startswith("["):
+            kinds[i] = PUNCTUATION
+    return kinds
+
+
+def _words(row: np.ndarray, kinds: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each editable word in ``row``: the ids between the first and last
+    token, less a final punctuation mark."""
+    stop = len(row) - 1
+    if stop > 1 and kinds[row[stop - 1]] == PUNCTUATION:
+        stop -= 1
+    starts = [i for i in range(1, stop) if i == 1 or kinds[row[i]] != CONTINUES]
+    if not starts:
+        return []
+    return list(zip(starts, starts[1:] + [stop], strict=True))
+
+
+def _edit(
+    row: np.ndarray,
+    words: list[tuple[int, int]],
+    edit: str,
+    donor: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    pieces = [row[a:b] for a, b in words]
+    n = len(pieces)
+    if edit == "swap":
+        i = int(rng.integers(n - 1))
+        pieces[i], pieces[i + 1] = pieces[i + 1], pieces[i]
+    elif edit == "move":
+        i = int(rng.integers(n))
+        word = pieces.pop(i)
+        # Anywhere but where it was or next to it (that would only be a swap).
+        choices = [j for j in range(n) if abs(j - i) > 1] or [j for j in range(n) if j != i]
+        pieces.insert(int(rng.choice(choices)), word)
+    elif edit == "delete":
+        pieces.pop(int(rng.integers(n)))
+    elif edit == "repeat":
+        i = int(rng.integers(n))
+        pieces.insert(i, pieces[i])
+    else:  # replace
+        pieces[int(rng.integers(n))] = donor
+    return np.concatenate([row[: words[0][0]], *pieces, row[words[-1][1] :]])
+
+
+def corrupt(
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    kinds: np.ndarray,
+    pad_id: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One corrupted copy of each row: ``(ids [B, T'], lengths [B])``, right-padded.
+
+    ``kinds`` is ``token_kinds``'s table. Each row gets one edit, drawn uniformly among
+    those its number of words allows (a one-word row cannot be reordered, a two-word row is
+    not shortened). A row with no editable word (its end tokens and a full stop at most) is
+    left as it is: rare, and harmless noise.
+    """
+    rows = [ids[b, : int(lengths[b])] for b in range(len(lengths))]
+    words = [_words(r, kinds) for r in rows]
+    out = []
+    for row, spans in zip(rows, words, strict=True):
+        if not spans:
+            out.append(row)
+            continue
+        edits = [e for e in EDITS if len(spans) >= MIN_WORDS[e]]
+        for _ in range(4):  # an edit can leave the row as it was (two equal words swapped)
+            edit = edits[int(rng.integers(len(edits)))]
+            other = int(rng.integers(len(rows)))
+            donor_spans = words[other] or spans
+            a, z = donor_spans[int(rng.integers(len(donor_spans)))]
+            donor = (rows[other] if words[other] else row)[a:z]
+            new = _edit(row, spans, edit, donor, rng)
+            if len(new) != len(row) or not np.array_equal(new, row):
+                break
+        out.append(new)
+    new_lengths = np.array([len(r) for r in out], dtype=np.int64)
+    padded = np.full((len(out), int(new_lengths.max(initial=1))), pad_id, dtype=np.int64)
+    for b, r in enumerate(out):
+        padded[b, : len(r)] = r
+    return padded, new_lengths
+
+
+class RealFakeHead(nn.Module):
+    """Scores a pooled sentence vector: positive logit = a real sentence."""
+
+    def __init__(self, student: BiLSTMEncoder, hidden: int = HEAD_HIDDEN) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(student.pooled_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled).squeeze(-1)
+
+
+class StudentWithRF(nn.Module):
+    """The student and its real/fake head as one module, so DDP and checkpoints see both."""
+
+    def __init__(self, student: BiLSTMEncoder, head: RealFakeHead) -> None:
+        super().__init__()
+        self.student = student
+        self.rf = head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        fake_ids: torch.Tensor,
+        fake_lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(vectors of the real rows ``[B, output_dim]``, the real/fake loss, its accuracy).
+
+        Real and corrupted rows run through the LSTM as one batch of ``2B``.
+        """
+        s = self.student
+        width = max(input_ids.shape[1], fake_ids.shape[1])
+        both = torch.cat(
+            [
+                F.pad(input_ids, (0, width - input_ids.shape[1]), value=s.config.pad_id),
+                F.pad(
+                    fake_ids.to(input_ids.device),
+                    (0, width - fake_ids.shape[1]),
+                    value=s.config.pad_id,
+                ),
+            ]
+        )
+        pooled = s.pooled(both, torch.cat([lengths.cpu(), fake_lengths.cpu()]))
+        real = len(lengths)
+        vectors = s.projection(pooled[:real])
+        logits = self.rf(pooled).float()
+        labels = torch.cat([logits.new_ones(real), logits.new_zeros(len(fake_lengths))])
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        accuracy = ((logits > 0).float() == labels).float().mean()
+        return vectors, loss, accuracy

@@ -1,0 +1,189 @@
+"""The real-vs-corrupted loss beside distillation (`train --rf-weight`): edits that respect
+words and end tokens, learning, exact resume, refusals, and a saved student without the head."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from student import StudentEncoder, StudentError
+from student.config import StudentConfig
+from student.model import BiLSTMEncoder
+from student.realfake import (
+    CONTINUES,
+    PUNCTUATION,
+    RealFakeHead,
+    StudentWithRF,
+    corrupt,
+    token_kinds,
+)
+from student.train import TrainConfig, train
+from tests.conftest import build_tiny_tokenizer
+from tests.student.test_train import metrics, tiny, weights
+
+train_module = importlib.import_module("student.train")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """A cache of sentences with a fixed word order, so corrupted copies can be told apart
+    (the shared test corpus is random words, where any order is as real as any other)."""
+    from pipeline.embed import EmbedConfig, embed
+
+    root = tmp_path_factory.mktemp("rf")
+    lines = [
+        f"the {a} {n} {v} to the {m} ."
+        for a, n, v, m in itertools.product(
+            ["red", "blue", "green", "small", "large"],
+            ["cat", "dog", "house", "tree", "river", "city"],
+            ["ran", "sat"],
+            ["mat", "water", "city", "house", "tree", "river"],
+        )
+    ]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
+    out = root / "cache"
+    embed(
+        EmbedConfig(
+            corpus=str(root / "corpus.txt"),
+            out=out,
+            teacher=str(tiny_bert),
+            window=64,
+            shard_rows=150,
+            progress=False,
+            dtype="fp32",
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    path = tmp_path_factory.mktemp("tok")
+    build_tiny_tokenizer(path)
+    return Tokenizer.from_file(str(path / "tokenizer.json"))
+
+
+def _batch(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [tok.encode(t).ids for t in texts]
+    ids = np.zeros((len(rows), max(map(len, rows))), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    return ids, np.array([len(r) for r in rows])
+
+
+def _words(tok: Tokenizer, ids: np.ndarray) -> list[str]:
+    """The row's words: each token with the ``##`` pieces after it glued back on."""
+    words: list[str] = []
+    for token in (tok.id_to_token(int(i)) for i in ids):
+        if token.startswith("##") and words:
+            words[-1] += token[2:]
+        else:
+            words.append(token)
+    return words
+
+
+def test_token_kinds(tok):
+    kinds = token_kinds(tok, tok.get_vocab_size())
+    vocab = tok.get_vocab()
+    assert kinds[vocab["##a"]] == CONTINUES
+    assert kinds[vocab["."]] == PUNCTUATION and kinds[vocab[","]] == PUNCTUATION
+    assert kinds[vocab["cat"]] == 0 and kinds[vocab["[CLS]"]] == 0 and kinds[vocab["#"]] != 0
+
+
+def test_every_edit_keeps_words_whole_and_the_ends_in_place(tok):
+    # "zq" and "xk" are not in the vocabulary: each is a word of two or more pieces.
+    texts = ["the zq cat sat on the xk mat .", "a dog ran fast to the river .", "red tree ."]
+    ids, lengths = _batch(tok, texts)
+    kinds = token_kinds(tok, tok.get_vocab_size())
+    vocab = set(" ".join(texts).split())
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    seen = Counter()
+    for seed in range(60):
+        fake, fake_lengths = corrupt(ids, lengths, kinds, 0, np.random.default_rng(seed))
+        assert fake.shape[0] == 3 and (fake[:, 0] == cls).all()
+        for b in range(3):
+            row, real = fake[b, : fake_lengths[b]], ids[b, : lengths[b]]
+            assert row[-1] == sep and row[-2] == tok.token_to_id(".")  # final stop stays
+            assert (fake[b, fake_lengths[b] :] == 0).all()
+            assert len(row) != len(real) or not np.array_equal(row, real), "an edit must change"
+            words = _words(tok, row[1:-1])
+            assert set(words) <= vocab, words  # no word split, none invented
+            change = len(words) - len(texts[b].split())
+            seen["delete" if change < 0 else "repeat" if change > 0 else "same-length"] += 1
+    assert seen["delete"] and seen["repeat"] and seen["same-length"]
+
+
+def test_a_two_token_row_is_left_alone_and_a_one_word_row_still_changes(tok):
+    ids, lengths = _batch(tok, ["", "cat ."])
+    fake, fake_lengths = corrupt(ids, lengths, token_kinds(tok, 400), 0, np.random.default_rng(0))
+    assert list(fake[0, : fake_lengths[0]]) == list(ids[0, :2])
+    assert not np.array_equal(fake[1, : fake_lengths[1]], ids[1, : lengths[1]])
+
+
+def test_student_with_rf_gives_the_students_vectors_and_a_loss():
+    torch.manual_seed(0)
+    model = BiLSTMEncoder(
+        StudentConfig(vocab_size=40, embedding_dim=6, hidden_size=5, output_dim=4, dropout=0)
+    )
+    net = StudentWithRF(model, RealFakeHead(model, hidden=8)).eval()
+    ids, lengths = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([4, 3])
+    fake, fake_lengths = torch.tensor([[1, 7, 5, 9, 2]]), torch.tensor([5])
+    vectors, loss, acc = net(ids, lengths, fake.expand(2, -1), fake_lengths.expand(2))
+    assert torch.allclose(vectors, model(ids, lengths), atol=1e-6)
+    assert loss.dim() == 0 and 0 <= float(acc) <= 1
+
+
+def test_training_with_rf_learns_to_tell_and_saves_only_the_student(tmp_path, cache_dir):
+    run = train(tiny(cache_dir, tmp_path / "run", epochs=4, rf_weight=1.0))
+    trained, val = metrics(run)
+    acc = [x["rf_acc"] for x in trained]
+    assert np.mean(acc[-5:]) > 0.65 > np.mean(acc[:3])
+    assert val[-1]["val_cos"] > val[0]["val_cos"]
+    assert not any(k.startswith(("rf.", "student.")) for k in weights(run))
+    enc = StudentEncoder.from_pretrained(run)
+    assert enc.encode(["a sentence"]).shape == (1, enc.config.output_dim)
+    identity = json.loads((run / "run.json").read_text())["config"]
+    assert identity["rf"]["weight"] == 1.0
+
+
+def test_resume_with_rf_gives_the_same_weights(tmp_path, cache_dir, monkeypatch):
+    opts = dict(epochs=2, checkpoint_every=7, rf_weight=1.0, dropout=0.3)
+    reference = train(tiny(cache_dir, tmp_path / "ref", **opts))
+    real = train_module.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real(*args, **kwargs)
+        if args[3].step == 14:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(cache_dir, out, **opts))
+    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    train(tiny(cache_dir, out, resume=True, **opts))
+    a, b = weights(reference), weights(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (dict(rf_weight=-1.0), "--rf-weight must be a number >= 0"),
+        (dict(rf_weight=1.0, lm_weight=0.1), "cannot be combined"),
+    ],
+)
+def test_refusals(tmp_path, cache_dir, opts, message):
+    with pytest.raises(StudentError, match=message):
+        train(TrainConfig(cache=cache_dir, out=tmp_path / "run", **opts))
+    assert not (tmp_path / "run").exists()
