@@ -115,6 +115,7 @@ def corrupt(
         edits = [e for e in EDITS if len(spans) >= MIN_WORDS[e]]
         for _ in range(4):  # an edit can leave the row as it was (two equal words swapped)
             edit = edits[int(rng.integers(len(edits)))]
+            # The donor word is drawn whatever the edit, so every edit consumes the same draws.
             other = int(rng.integers(len(rows)))
             donor_spans = words[other] or spans
             a, z = donor_spans[int(rng.integers(len(donor_spans)))]

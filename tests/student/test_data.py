@@ -26,12 +26,24 @@ from tests.conftest import write_corpus
 pytestmark = pytest.mark.filterwarnings("ignore:.*worker processes in total:UserWarning")
 
 
-def make_cache(root: Path, teacher: Path, n: int = 400, shard_rows: int = 150, **kw) -> Path:
-    """A real stage-one cache of n sentences from the tiny random BERT (fp32, < 1 s)."""
+def make_cache(
+    root: Path,
+    teacher: Path,
+    n: int = 400,
+    shard_rows: int = 150,
+    lines: list[str] | None = None,
+    **kw,
+) -> Path:
+    """A real stage-one cache of n sentences from the tiny random BERT (fp32, < 1 s); of
+    ``lines`` instead of the shared random-word corpus when given."""
     from pipeline.embed import EmbedConfig, embed
 
     root.mkdir(parents=True, exist_ok=True)
-    corpus = write_corpus(root / "corpus.txt", n)
+    if lines is None:
+        corpus = write_corpus(root / "corpus.txt", n)
+    else:
+        corpus = root / "corpus.txt"
+        corpus.write_text("\n".join(lines) + "\n")
     out = root / f"cache-{n}-{shard_rows}"
     kw = {"window": 64, "shard_rows": shard_rows, "progress": False, "dtype": "fp32"} | kw
     embed(EmbedConfig(corpus=str(corpus), out=out, teacher=str(teacher), **kw))

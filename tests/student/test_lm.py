@@ -3,7 +3,6 @@ learning, exact resume, refusals, and a saved student without the head."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -19,10 +18,13 @@ from student.lm import BiLMHead, StudentWithLM, sampling_distribution, unigram_c
 from student.model import BiLSTMEncoder
 from student.train import TrainConfig, train
 from tests.student.test_data import make_cache
-from tests.student.test_train import metrics, tiny, weights
-
-# The module, not the function `student.train` that the package exports under that name.
-train_module = importlib.import_module("student.train")
+from tests.student.test_train import (
+    assert_same_weights,
+    interrupt_after_checkpoint,
+    metrics,
+    tiny,
+    weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,25 +125,15 @@ def test_resume_with_the_lm_gives_the_same_weights(tmp_path, cache_dir, monkeypa
     opts = dict(epochs=2, checkpoint_every=7, lm_weight=0.5, lm_samples=16, dropout=0.3)
     reference = train(tiny(cache_dir, tmp_path / "ref", **opts))
 
-    real = train_module.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
-        real(*args, **kwargs)
-        if args[3].step == 14:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    interrupt_after_checkpoint(monkeypatch, 14)
     out = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
         train(tiny(cache_dir, out, **opts))
     ckpt = out / "checkpoint" / "step-000000014" / "model.safetensors"
     assert any(k.startswith("lm.") for k in _keys(ckpt))
-    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    monkeypatch.undo()
     train(tiny(cache_dir, out, resume=True, **opts))
-    a, b = weights(reference), weights(out)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_weights(reference, out)
 
 
 def _keys(path: Path) -> list[str]:

@@ -3,7 +3,6 @@ words and end tokens, learning, exact resume, refusals, and a saved student with
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 from collections import Counter
@@ -27,18 +26,20 @@ from student.realfake import (
 )
 from student.train import TrainConfig, train
 from tests.conftest import build_tiny_tokenizer
-from tests.student.test_train import metrics, tiny, weights
-
-train_module = importlib.import_module("student.train")
+from tests.student.test_data import make_cache
+from tests.student.test_train import (
+    assert_same_weights,
+    interrupt_after_checkpoint,
+    metrics,
+    tiny,
+    weights,
+)
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     """A cache of sentences with a fixed word order, so corrupted copies can be told apart
     (the shared test corpus is random words, where any order is as real as any other)."""
-    from pipeline.embed import EmbedConfig, embed
-
-    root = tmp_path_factory.mktemp("rf")
     lines = [
         f"the {a} {n} {v} to the {m} ."
         for a, n, v, m in itertools.product(
@@ -48,20 +49,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path
             ["mat", "water", "city", "house", "tree", "river"],
         )
     ]
-    (root / "corpus.txt").write_text("\n".join(lines) + "\n")
-    out = root / "cache"
-    embed(
-        EmbedConfig(
-            corpus=str(root / "corpus.txt"),
-            out=out,
-            teacher=str(tiny_bert),
-            window=64,
-            shard_rows=150,
-            progress=False,
-            dtype="fp32",
-        )
-    )
-    return out
+    return make_cache(tmp_path_factory.mktemp("rf"), tiny_bert, lines=lines)
 
 
 @pytest.fixture(scope="module")
@@ -157,23 +145,13 @@ def test_training_with_rf_learns_to_tell_and_saves_only_the_student(tmp_path, ca
 def test_resume_with_rf_gives_the_same_weights(tmp_path, cache_dir, monkeypatch):
     opts = dict(epochs=2, checkpoint_every=7, rf_weight=1.0, dropout=0.3)
     reference = train(tiny(cache_dir, tmp_path / "ref", **opts))
-    real = train_module.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
-        real(*args, **kwargs)
-        if args[3].step == 14:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    interrupt_after_checkpoint(monkeypatch, 14)
     out = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
         train(tiny(cache_dir, out, **opts))
-    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    monkeypatch.undo()
     train(tiny(cache_dir, out, resume=True, **opts))
-    a, b = weights(reference), weights(out)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_weights(reference, out)
 
 
 @pytest.mark.parametrize(

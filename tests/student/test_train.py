@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -24,6 +25,27 @@ from tests.student.test_data import make_cache
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     return make_cache(tmp_path_factory.mktemp("train"), tiny_bert)
+
+
+def interrupt_after_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make ``train`` raise KeyboardInterrupt right after it saves the checkpoint of ``step``
+    (``monkeypatch.undo()`` lets the next run go through)."""
+    module = importlib.import_module("student.train")  # the module, not the function
+    real = module.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real(*args, **kwargs)
+        if args[3].step == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
+
+
+def assert_same_weights(a_run: Path, b_run: Path) -> None:
+    a, b = weights(a_run), weights(b_run)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def tiny(cache: Path, out: Path, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
@@ -170,10 +192,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, cache_dir, worker
         train(tiny(cache_dir, out, **opts))
     train(tiny(cache_dir, out, resume=True, **opts))
 
-    a, b = weights(reference), weights(out)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_weights(reference, out)
     # Metrics were trimmed back to the checkpoint, so each step appears once.
     steps = [x["step"] for x in metrics(out)[0]]
     assert steps == list(range(1, ref_steps + 1))
