@@ -68,6 +68,9 @@ def train(
     rf_weight: float = typer.Option(
         0.0, help="Add W * a real-vs-corrupted sentence loss (one edited copy per sentence)."
     ),
+    rf_level: str = typer.Option(
+        "sentence", help="--rf-weight on: sentence (one head, pooled) | token (replaced words)."
+    ),
     warmup: float = typer.Option(0.03, help="Share of the steps spent warming up linearly."),
     decay: str = typer.Option("cosine", help="cosine | linear | constant, down to lr/10."),
     weight_decay: float = typer.Option(0.01, help="AdamW weight decay on matrices."),
@@ -118,6 +121,7 @@ def train(
         lm_weight=lm_weight,
         lm_samples=lm_samples,
         rf_weight=rf_weight,
+        rf_level=rf_level,
         bf16=bf16,
         seed=seed,
         device=device,

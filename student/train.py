@@ -53,7 +53,17 @@ from student.errors import StudentError
 from student.lm import BiLMHead, StudentWithLM, sampling_distribution, unigram_counts
 from student.meter import Meter
 from student.model import BiLSTMEncoder, pca_project
-from student.realfake import EDITS, RealFakeHead, StudentWithRF, corrupt, token_kinds
+from student.realfake import (
+    EDITS,
+    TOKEN_RATE,
+    RealFakeHead,
+    StudentWithRF,
+    StudentWithTokenRF,
+    TokenRFHead,
+    corrupt,
+    replace_tokens,
+    token_kinds,
+)
 
 
 @dataclass
@@ -94,6 +104,9 @@ class TrainConfig:
     lm_samples: int = 256  # shared negatives per batch; each costs time on every token
     # Real vs corrupted sentences (student.realfake): loss += rf_weight * logistic loss.
     rf_weight: float = 0.0
+    # sentence: one edited copy per sentence, one head on the pooled vector; token: replaced
+    # words, a head on every token's state (replaced-token detection).
+    rf_level: str = "sentence"
     bf16: bool | None = None  # None: where the hardware runs bf16 natively
     seed: int = 0
     # Bookkeeping; these do not change the weights.
@@ -166,7 +179,10 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
         net = StudentWithLM(model, BiLMHead(model, probs, cfg.lm_samples))
     if cfg.rf_weight:
         kinds = token_kinds(tokenizer, student_cfg.vocab_size)
-        net = StudentWithRF(model, RealFakeHead(model))
+        if cfg.rf_level == "token":
+            net = StudentWithTokenRF(model, TokenRFHead(model))
+        else:
+            net = StudentWithRF(model, RealFakeHead(model))
     net.to(dist.device)
     # Dropout masks differ between ranks, as they would for different examples.
     torch.manual_seed(cfg.seed + 1 + dist.rank)
@@ -227,18 +243,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
                     elif cfg.rf_weight:
                         # Edits seeded by step and rank: reproducible after a resume.
                         rng = np.random.default_rng([cfg.seed, step, dist.rank])
-                        fake, fake_lengths = corrupt(
-                            batch.input_ids.numpy(),
-                            batch.lengths.numpy(),
-                            kinds,
-                            pad_id,
-                            rng,
-                        )
-                        pred, side["rf_loss"], side["rf_acc"] = ddp(
-                            b.input_ids,
-                            b.lengths,
-                            torch.from_numpy(fake).to(dist.device),
-                            torch.from_numpy(fake_lengths),
+                        pred, side["rf_loss"], side["rf_acc"] = _real_fake_step(
+                            ddp, cfg, batch, b, kinds, pad_id, rng
                         )
                     else:
                         pred = ddp(b.input_ids, b.lengths)
@@ -438,6 +444,8 @@ def _check_options(cfg: TrainConfig) -> None:
         )
     if not (cfg.rf_weight >= 0 and math.isfinite(cfg.rf_weight)):
         problems.append("--rf-weight must be a number >= 0")
+    if cfg.rf_level not in ("sentence", "token"):
+        problems.append(f"--rf-level must be sentence or token, got {cfg.rf_level!r}")
     if cfg.rf_weight and cfg.lm_weight:
         problems.append("--rf-weight and --lm-weight cannot be combined yet; pass one of them")
     if cfg.resume and cfg.overwrite:
@@ -513,6 +521,34 @@ def resolve_bf16(bf16: bool | None, device: torch.device) -> bool:
     return cpu_bf16_supported() if bf16 is None else bf16
 
 
+def _real_fake_step(
+    ddp: torch.nn.Module,
+    cfg: TrainConfig,
+    batch: Batch,
+    on_device: Batch,
+    kinds: np.ndarray,
+    pad_id: int,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Corrupt the batch (on the CPU copy) and run the student with its real/fake head."""
+    ids, lengths = batch.input_ids.numpy(), batch.lengths.numpy()
+    device = on_device.input_ids.device
+    if cfg.rf_level == "token":
+        fake, replaced = replace_tokens(ids, lengths, kinds, rng)
+        extra = torch.from_numpy(replaced)
+    else:
+        fake, fake_lengths = corrupt(ids, lengths, kinds, pad_id, rng)
+        extra = torch.from_numpy(fake_lengths)
+    return ddp(on_device.input_ids, on_device.lengths, torch.from_numpy(fake).to(device), extra)
+
+
+def _rf_identity(cfg: TrainConfig) -> dict[str, Any]:
+    # Sentence-level runs keep the fingerprint they had before the token level existed.
+    if cfg.rf_level == "token":
+        return {"weight": cfg.rf_weight, "level": "token", "rate": TOKEN_RATE}
+    return {"weight": cfg.rf_weight, "edits": list(EDITS)}
+
+
 def _identity(
     cfg: TrainConfig,
     cache: Cache,
@@ -546,7 +582,7 @@ def _identity(
         "bf16": bf16,
         # Written only when on, so runs without the bi-LM keep their fingerprints.
         **({"lm": {"weight": cfg.lm_weight, "samples": cfg.lm_samples}} if cfg.lm_weight else {}),
-        **({"rf": {"weight": cfg.rf_weight, "edits": list(EDITS)}} if cfg.rf_weight else {}),
+        **({"rf": _rf_identity(cfg)} if cfg.rf_weight else {}),
         # The batch order depends on how the rows are dealt out to processes and workers.
         "layout": {"world_size": world, "workers": cfg.workers},
     }

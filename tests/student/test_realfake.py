@@ -21,7 +21,10 @@ from student.realfake import (
     PUNCTUATION,
     RealFakeHead,
     StudentWithRF,
+    StudentWithTokenRF,
+    TokenRFHead,
     corrupt,
+    replace_tokens,
     token_kinds,
 )
 from student.train import TrainConfig, train
@@ -116,6 +119,57 @@ def test_a_two_token_row_is_left_alone_and_a_one_word_row_still_changes(tok):
     assert not np.array_equal(fake[1, : fake_lengths[1]], ids[1, : lengths[1]])
 
 
+def test_token_replacement_keeps_lengths_ends_and_whole_words(tok):
+    texts = ["the zq cat sat on the xk mat .", "a dog ran fast to the river .", "red tree ."]
+    ids, lengths = _batch(tok, texts)
+    kinds = token_kinds(tok, tok.get_vocab_size())
+    one_piece = {w for w in " ".join(texts).split() if len(tok.encode(w).ids) == 3} - {"."}
+    replaced_total = 0
+    for seed in range(40):
+        fake, replaced = replace_tokens(ids, lengths, kinds, np.random.default_rng(seed))
+        assert fake.shape == ids.shape and replaced.shape == ids.shape
+        assert (replaced == (fake != ids)).all()
+        assert replaced[:, 0].sum() == 0 and (fake[:, -1] == ids[:, -1]).all()  # ends, padding
+        for b in range(3):
+            n = int(lengths[b])
+            assert fake[b, n - 1] == ids[b, n - 1] and fake[b, n - 2] == ids[b, n - 2]  # [SEP] .
+            for i in np.flatnonzero(replaced[b]):
+                # A one-piece word in for a one-piece word: the multi-piece words stay whole.
+                assert tok.id_to_token(int(ids[b, i])) in one_piece
+                assert tok.id_to_token(int(fake[b, i])) in one_piece
+        replaced_total += int(replaced.sum())
+    assert replaced_total > 40  # at least one per row most of the time
+
+
+def test_student_with_token_rf_gives_the_students_vectors_and_a_balanced_accuracy():
+    torch.manual_seed(0)
+    model = BiLSTMEncoder(
+        StudentConfig(vocab_size=40, embedding_dim=6, hidden_size=5, output_dim=4, dropout=0)
+    )
+    net = StudentWithTokenRF(model, TokenRFHead(model, hidden=8)).eval()
+    ids, lengths = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([4, 3])
+    fake = torch.tensor([[1, 9, 7, 2], [1, 5, 2, 0]])
+    vectors, loss, acc = net(ids, lengths, fake, fake != ids)
+    assert torch.allclose(vectors, model(ids, lengths), atol=1e-6)
+    assert loss.dim() == 0 and 0 <= float(acc) <= 1
+    # A head that says "kept" everywhere scores exactly 0.5, whatever the share replaced.
+    with torch.no_grad():
+        net.rf.net[-1].weight.zero_()
+        net.rf.net[-1].bias.fill_(-5.0)
+    assert float(net(ids, lengths, fake, fake != ids)[2]) == pytest.approx(0.5)
+
+
+def test_training_with_token_rf_learns_to_spot_replaced_words(tmp_path, cache_dir):
+    opts = dict(epochs=4, rf_weight=1.0, rf_level="token")
+    run = train(tiny(cache_dir, tmp_path / "run", **opts))
+    trained, val = metrics(run)
+    acc = [x["rf_acc"] for x in trained]
+    assert np.mean(acc[-5:]) > 0.65 > np.mean(acc[:3])
+    assert not any(k.startswith(("rf.", "student.")) for k in weights(run))
+    identity = json.loads((run / "run.json").read_text())["config"]
+    assert identity["rf"]["level"] == "token"
+
+
 def test_student_with_rf_gives_the_students_vectors_and_a_loss():
     torch.manual_seed(0)
     model = BiLSTMEncoder(
@@ -159,6 +213,7 @@ def test_resume_with_rf_gives_the_same_weights(tmp_path, cache_dir, monkeypatch)
     [
         (dict(rf_weight=-1.0), "--rf-weight must be a number >= 0"),
         (dict(rf_weight=1.0, lm_weight=0.1), "cannot be combined"),
+        (dict(rf_weight=1.0, rf_level="word"), "--rf-level must be sentence or token"),
     ],
 )
 def test_refusals(tmp_path, cache_dir, opts, message):
