@@ -77,10 +77,14 @@ class BiLSTMEncoder(nn.Module):
         self.lstm.dropout = _between_layers(self.config)
 
     @property
+    def state_dim(self) -> int:
+        """Size of one position's LSTM output (both directions)."""
+        return self.config.hidden_size * (2 if self.config.bidirectional else 1)
+
+    @property
     def pooled_dim(self) -> int:
         """Size of the pooled sentence vector (before the projection)."""
-        per_position = self.config.hidden_size * (2 if self.config.bidirectional else 1)
-        return 2 * per_position if self.config.pooling == "max+mean" else per_position
+        return 2 * self.state_dim if self.config.pooling == "max+mean" else self.state_dim
 
     def init_embeddings(self, matrix: torch.Tensor | np.ndarray) -> None:
         """Copy a ``[vocab_size, embedding_dim]`` matrix into the embedding table.

@@ -147,7 +147,7 @@ class RealFakeHead(nn.Module):
 class StudentWithRF(nn.Module):
     """The student and its real/fake head as one module, so DDP and checkpoints see both."""
 
-    def __init__(self, student: BiLSTMEncoder, head: RealFakeHead) -> None:
+    def __init__(self, student: BiLSTMEncoder, head: RealFakeHead | TokenRFHead) -> None:
         super().__init__()
         self.student = student
         self.rf = head
@@ -235,23 +235,18 @@ class TokenRFHead(nn.Module):
 
     def __init__(self, student: BiLSTMEncoder, hidden: int = HEAD_HIDDEN) -> None:
         super().__init__()
-        c = student.config
-        width = (2 if c.bidirectional else 1) * c.hidden_size
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(student.state_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.net(states).squeeze(-1)
 
 
-class StudentWithTokenRF(nn.Module):
-    """The student and its replaced-token head as one module (for DDP and checkpoints)."""
+class StudentWithTokenRF(StudentWithRF):
+    """The student and its replaced-token head (``rf``, a ``TokenRFHead``) as one module."""
 
-    def __init__(self, student: BiLSTMEncoder, head: TokenRFHead) -> None:
-        super().__init__()
-        self.student = student
-        self.rf = head
-
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         input_ids: torch.Tensor,
         lengths: torch.Tensor,
@@ -266,7 +261,7 @@ class StudentWithTokenRF(nn.Module):
         """
         s = self.student
         real = len(lengths)
-        ids, lens, states = s.states(
+        _, lens, states = s.states(
             torch.cat([input_ids, fake_ids.to(input_ids.device)]),
             torch.cat([lengths.cpu(), lengths.cpu()]),
         )

@@ -119,6 +119,13 @@ def test_a_two_token_row_is_left_alone_and_a_one_word_row_still_changes(tok):
     assert not np.array_equal(fake[1, : fake_lengths[1]], ids[1, : lengths[1]])
 
 
+def _tiny_student() -> BiLSTMEncoder:
+    torch.manual_seed(0)
+    return BiLSTMEncoder(
+        StudentConfig(vocab_size=40, embedding_dim=6, hidden_size=5, output_dim=4, dropout=0)
+    )
+
+
 def test_token_replacement_keeps_lengths_ends_and_whole_words(tok):
     texts = ["the zq cat sat on the xk mat .", "a dog ran fast to the river .", "red tree ."]
     ids, lengths = _batch(tok, texts)
@@ -142,10 +149,7 @@ def test_token_replacement_keeps_lengths_ends_and_whole_words(tok):
 
 
 def test_student_with_token_rf_gives_the_students_vectors_and_a_balanced_accuracy():
-    torch.manual_seed(0)
-    model = BiLSTMEncoder(
-        StudentConfig(vocab_size=40, embedding_dim=6, hidden_size=5, output_dim=4, dropout=0)
-    )
+    model = _tiny_student()
     net = StudentWithTokenRF(model, TokenRFHead(model, hidden=8)).eval()
     ids, lengths = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([4, 3])
     fake = torch.tensor([[1, 9, 7, 2], [1, 5, 2, 0]])
@@ -171,10 +175,7 @@ def test_training_with_token_rf_learns_to_spot_replaced_words(tmp_path, cache_di
 
 
 def test_student_with_rf_gives_the_students_vectors_and_a_loss():
-    torch.manual_seed(0)
-    model = BiLSTMEncoder(
-        StudentConfig(vocab_size=40, embedding_dim=6, hidden_size=5, output_dim=4, dropout=0)
-    )
+    model = _tiny_student()
     net = StudentWithRF(model, RealFakeHead(model, hidden=8)).eval()
     ids, lengths = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([4, 3])
     fake, fake_lengths = torch.tensor([[1, 7, 5, 9, 2]]), torch.tensor([5])
