@@ -1,22 +1,16 @@
-"""Stage one (corpus -> teacher -> Arrow cache) and the `pipeline` command line.
+"""Stage one (corpus -> sentences -> teacher -> Arrow cache) and the `pipeline` command line.
 
-from pipeline import EmbedConfig, embed
-embed(EmbedConfig(corpus="wiki", wiki_dump="dump.txt.gz", out=Path("caches/wiki"), limit=1000))
+    from pathlib import Path
+    from pipeline import EmbedConfig, embed
+    embed(EmbedConfig(corpus="wiki", wiki_dump="dump.txt.gz", out=Path("caches/w"), limit=1000))
+
+Sub-packages sit on top of stage one: `pipeline.tasks` (task corpora, teacher fine-tuning,
+logits, augmentation, evaluate), `pipeline.bench` (benchmarks), `pipeline.cli` (the commands).
 """
 
-from typing import Any
+from cache.errors import SraError
+from pipeline.embedding import EmbedConfig, embed
 
-__all__ = ["EmbedConfig", "PipelineError", "embed"]
+PipelineError = SraError  # the name before one error class served both stages
 
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so `pipeline sql` and `pipeline inspect` start without importing torch.
-    if name in ("EmbedConfig", "embed"):
-        from pipeline import embed as module
-
-        return getattr(module, name)
-    if name == "PipelineError":
-        from pipeline.errors import PipelineError
-
-        return PipelineError
-    raise AttributeError(name)
+__all__ = ["EmbedConfig", "SraError", "embed"]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.errors import PipelineError
+from cache.errors import SraError
 
 WIKI_DUMP_ENV = "PIPELINE_WIKI_DUMP"
 WIKI_HUB_NAME = "wikimedia/wikipedia"
@@ -128,7 +128,7 @@ def iter_paragraphs(
     contacted on the first `next()`.
     """
     if max_line_chars < 1:
-        raise PipelineError(f"max_line_chars must be at least 1, got {max_line_chars}")
+        raise SraError(f"max_line_chars must be at least 1, got {max_line_chars}")
     resolved = _resolve(spec, for_reading=True)
     if resolved.kind == "wiki-dump":
         assert resolved.path is not None
@@ -199,7 +199,7 @@ def wiki_dump_path(spec: CorpusSpec) -> Path | None:
     path = Path(raw).expanduser()
     if not path.is_file():
         origin = "--wiki-dump" if spec.wiki_dump else WIKI_DUMP_ENV
-        raise PipelineError(
+        raise SraError(
             f"wiki dump {path} (from {origin}) does not exist or is not a file; "
             "pass --wiki-dump PATH to a WikiExtractor dump (.txt or .gz)"
         )
@@ -212,7 +212,7 @@ def wiki_dump_path(spec: CorpusSpec) -> Path | None:
 def _resolve(spec: CorpusSpec, *, for_reading: bool) -> _Resolved:
     corpus = spec.corpus.strip()
     if not corpus:
-        raise PipelineError('corpus is empty; pass "wiki", a local path, or "hf:NAME[:CONFIG]"')
+        raise SraError('corpus is empty; pass "wiki", a local path, or "hf:NAME[:CONFIG]"')
     if corpus == "wiki":
         dump = wiki_dump_path(spec)
         if dump is not None:
@@ -223,18 +223,16 @@ def _resolve(spec: CorpusSpec, *, for_reading: bool) -> _Resolved:
     if corpus.startswith("hf:"):
         name, _, config = corpus[3:].partition(":")
         if not name:
-            raise PipelineError(
-                f"corpus {corpus!r} names no dataset; write hf:NAME or hf:NAME:CONFIG"
-            )
+            raise SraError(f"corpus {corpus!r} names no dataset; write hf:NAME or hf:NAME:CONFIG")
         if not spec.split:
-            raise PipelineError("split is empty; pass a dataset split such as train")
+            raise SraError("split is empty; pass a dataset split such as train")
         return _Resolved(kind="hf", name=name, config=config or None, split=spec.split)
     return _resolve_local(Path(corpus).expanduser())
 
 
 def _resolve_local(path: Path) -> _Resolved:
     if not path.exists():
-        raise PipelineError(
+        raise SraError(
             f"corpus path {path} does not exist; pass an existing file or directory, "
             '"wiki", or "hf:NAME"'
         )
@@ -242,7 +240,7 @@ def _resolve_local(path: Path) -> _Resolved:
     if path.is_file():
         kind = _kind_of(path)
         if kind is None:
-            raise PipelineError(
+            raise SraError(
                 f"corpus file {path} has an unsupported extension; "
                 f"use one of {', '.join(SUPPORTED_SUFFIXES)}"
             )
@@ -253,7 +251,7 @@ def _resolve_local(path: Path) -> _Resolved:
         if (kind := _kind_of(p)) is not None
     )
     if not files:
-        raise PipelineError(
+        raise SraError(
             f"corpus directory {path} contains no supported files; "
             f"add files ending in {', '.join(SUPPORTED_SUFFIXES)}"
         )
@@ -295,8 +293,8 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _wiki_hub_error(reason: str) -> PipelineError:
-    return PipelineError(
+def _wiki_hub_error(reason: str) -> SraError:
+    return SraError(
         f"cannot stream {WIKI_HUB_NAME} {WIKI_HUB_CONFIG} from the Hugging Face Hub ({reason}); "
         f"pass --wiki-dump PATH (or set {WIKI_DUMP_ENV}) to a local WikiExtractor dump, "
         "or connect to the internet"
@@ -310,7 +308,7 @@ def _counted(paragraphs: Iterator[Paragraph], stats: CorpusStats, what: str) -> 
         stats.paragraphs += 1
         yield paragraph
     if yielded == 0:
-        raise PipelineError(f"{what} contains no text; point the corpus at a non-empty source")
+        raise SraError(f"{what} contains no text; point the corpus at a non-empty source")
 
 
 # ---------------------------------------------------------------------------- line reading
@@ -354,7 +352,7 @@ def _iter_lines(path: Path, stats: CorpusStats, max_chars: int | None) -> Iterat
                 stats.lines += 1
                 yield lineno, text
     except (OSError, EOFError, zlib.error) as exc:
-        raise PipelineError(
+        raise SraError(
             f"cannot read {path}: {_one_line(exc)}; check the file is complete and not corrupted"
         ) from exc
 
@@ -433,12 +431,12 @@ def _read_jsonl(
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PipelineError(
+            raise SraError(
                 f"{where} is not valid JSON ({exc.msg}); fix or remove that line"
             ) from None
         if not isinstance(record, dict) or text_field not in record:
             fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-            raise PipelineError(
+            raise SraError(
                 f"{where} has no field {text_field!r} (it has: {fields}); "
                 "pass --text-field with the field that holds the text"
             )
@@ -446,7 +444,7 @@ def _read_jsonl(
         if value is None:
             continue
         if not isinstance(value, str):
-            raise PipelineError(
+            raise SraError(
                 f"{where} field {text_field!r} is {type(value).__name__}, not text; "
                 "pass --text-field with a string field"
             )
@@ -463,13 +461,13 @@ def _read_parquet(
     try:
         parquet = pq.ParquetFile(file.path)
     except (pa.ArrowException, OSError) as exc:
-        raise PipelineError(
+        raise SraError(
             f"cannot read {file.path} as parquet: {_one_line(exc)}; check the file is a complete "
             "parquet file"
         ) from exc
     columns = parquet.schema_arrow.names
     if text_field not in columns:
-        raise PipelineError(
+        raise SraError(
             f"{file.path} has no column {text_field!r} (it has: {', '.join(columns)}); "
             "pass --text-field with the column that holds the text"
         )
@@ -483,7 +481,7 @@ def _read_parquet(
             if isinstance(value, bytes):
                 value = _decode(value, stats, cut=False)
             elif not isinstance(value, str):
-                raise PipelineError(
+                raise SraError(
                     f"{file.path} column {text_field!r} holds {type(value).__name__}, not text; "
                     "pass --text-field with a string column"
                 )
@@ -520,7 +518,7 @@ def _parse_doc_header(line: str, path: Path, lineno: int) -> tuple[str, str]:
     doc_id = _DOC_ID.search(line)
     title = _DOC_TITLE.search(line)
     if doc_id is None or title is None:
-        raise PipelineError(
+        raise SraError(
             f'{path}:{lineno}: malformed article header (want <doc id=".." url=".." '
             'title="..">); is this a WikiExtractor dump?'
         )
@@ -544,9 +542,9 @@ def _read_wiki_hub(stats: CorpusStats, max_line_chars: int) -> Iterator[Paragrap
 def _read_hf(
     resolved: _Resolved, text_field: str, stats: CorpusStats, max_line_chars: int
 ) -> Iterator[Paragraph]:
-    def fail(reason: str) -> PipelineError:
+    def fail(reason: str) -> SraError:
         config = f" config {resolved.config!r}" if resolved.config else ""
-        return PipelineError(
+        return SraError(
             f"cannot load Hugging Face dataset {resolved.name!r}{config} split "
             f"{resolved.split!r} ({reason}); check the name, config and split, use a local "
             "dataset folder, or connect to the internet"
@@ -556,7 +554,7 @@ def _read_hf(
     rows = _stream_dataset(resolved.name, resolved.config, resolved.split, fail)
     for index, row in enumerate(rows):
         if text_field not in row:
-            raise PipelineError(
+            raise SraError(
                 f"dataset {resolved.name!r} has no field {text_field!r} (it has: "
                 f"{', '.join(row)}); pass --text-field with the field that holds the text"
             )
@@ -564,7 +562,7 @@ def _read_hf(
         if value is None:
             continue
         if not isinstance(value, str):
-            raise PipelineError(
+            raise SraError(
                 f"dataset {resolved.name!r} field {text_field!r} is {type(value).__name__}, "
                 "not text; pass --text-field with a string field"
             )
@@ -573,9 +571,9 @@ def _read_hf(
 
 
 def _stream_dataset(
-    name: str, config: str | None, split: str, fail: Callable[[str], PipelineError]
+    name: str, config: str | None, split: str, fail: Callable[[str], SraError]
 ) -> Iterator[dict[str, Any]]:
-    """Rows of a streamed `datasets` dataset; any failure becomes one PipelineError line."""
+    """Rows of a streamed `datasets` dataset; any failure becomes one SraError line."""
     try:
         import datasets  # heavy import (seconds): only hub/hf corpora need it
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cache.errors import SraError
 from pipeline.corpus import CorpusSpec, CorpusStats
-from pipeline.errors import PipelineError
 from pipeline.sentences import FilterConfig, iter_sentences
 
 
@@ -88,7 +88,7 @@ def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStat
                 kind, payload = q.get(timeout=5.0)
             except queue.Empty:
                 if not child.is_alive():
-                    raise PipelineError(
+                    raise SraError(
                         f"the corpus reader process died (exit code {child.exitcode}); "
                         "rerun the same command to resume"
                     ) from None
@@ -99,7 +99,7 @@ def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStat
                 yield CorpusStats(**payload)
                 return
             else:
-                raise PipelineError(payload)
+                raise SraError(payload)
     finally:
         if child.is_alive():
             child.terminate()
@@ -124,7 +124,7 @@ def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
             if not send(("window", window)):
                 return
         send(("stats", asdict(stats)))
-    except PipelineError as e:
+    except SraError as e:
         send(("error", str(e)))
     except Exception as e:  # any other failure still ends as one line in the parent
         send(("error", f"reading the corpus failed: {type(e).__name__}: {e}"))

@@ -22,8 +22,9 @@ from typing import Any
 import blingfire
 import numpy as np
 
+from cache.errors import SraError
+from cache.options import option
 from pipeline.corpus import CorpusSpec, CorpusStats, Paragraph, iter_paragraphs
-from pipeline.errors import PipelineError
 
 __all__ = [
     "CorpusStats",
@@ -57,31 +58,32 @@ _CLOSERS = "\"')]}»”’"
 _INNER_PUNCT = frozenset(".!?;:")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FilterConfig:
     """What counts as a usable sentence; part of the cache fingerprint."""
 
-    min_words: int = 5
-    max_words: int = 128
-    max_line_chars: int = 20_000
-    drop_headings: bool = True
-    drop_lists: bool = True
-    dedup: bool = True
-    dedup_slots: int = 1 << 24  # bounded memory for exact dedup: 8 bytes per slot
+    min_words: int = option(5, "Drop sentences with fewer words.")
+    max_words: int = option(128, "Drop sentences with more words.")
+    # A longer "line" is a broken file or a table dump, not prose; it is cut, and counted.
+    max_line_chars: int = option(20_000, "Truncate longer input lines (and count them).")
+    drop_headings: bool = option(True, "Drop short title-like lines (wiki section headings).")
+    drop_lists: bool = option(True, "Drop list items (*, -, 1. ...).")
+    dedup: bool = option(True, "Drop exact duplicate sentences.")
+    dedup_slots: int = option(
+        1 << 24, "Slots of the exact-dedup table: 8 bytes each (bounded memory).", hidden=True
+    )
 
     def __post_init__(self) -> None:
         if self.min_words < 0:
-            raise PipelineError(f"min_words must be >= 0, got {self.min_words}")
+            raise SraError(f"min_words must be >= 0, got {self.min_words}")
         if self.max_words < max(self.min_words, 1):
-            raise PipelineError(
+            raise SraError(
                 f"max_words ({self.max_words}) must be >= 1 and >= min_words ({self.min_words})"
             )
         if self.max_line_chars < 1:
-            raise PipelineError(f"max_line_chars must be >= 1, got {self.max_line_chars}")
+            raise SraError(f"max_line_chars must be >= 1, got {self.max_line_chars}")
         if self.dedup_slots < Deduper.MIN_SLOTS:
-            raise PipelineError(
-                f"dedup_slots must be >= {Deduper.MIN_SLOTS}, got {self.dedup_slots}"
-            )
+            raise SraError(f"dedup_slots must be >= {Deduper.MIN_SLOTS}, got {self.dedup_slots}")
 
 
 # ---------------------------------------------------------------------------- splitting
@@ -154,7 +156,7 @@ class Deduper:
 
     def __init__(self, slots: int) -> None:
         if slots < self.MIN_SLOTS:
-            raise PipelineError(f"dedup slots must be >= {self.MIN_SLOTS}, got {slots}")
+            raise SraError(f"dedup slots must be >= {self.MIN_SLOTS}, got {slots}")
         self.slots = slots
         # Strictly below `slots`, so a probe always reaches an empty cell and terminates.
         self.capacity = min(max(1, int(slots * self.MAX_LOAD)), slots - 1)
@@ -207,7 +209,7 @@ def iter_sentences(
     The spec, filters and limit are checked now, so a bad one fails at the call.
     """
     if limit is not None and limit < 0:
-        raise PipelineError(f"limit must be >= 0 or unset, got {limit}")
+        raise SraError(f"limit must be >= 0 or unset, got {limit}")
     paragraphs = iter_paragraphs(spec, stats, max_line_chars=filters.max_line_chars)
     return _filtered(paragraphs, filters, limit, stats, wiki=spec.corpus.strip() == "wiki")
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError
+from cache.errors import SraError
 
 DEFAULT_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "pooler")
@@ -61,11 +61,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(
-            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
-        )
+        raise SraError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if device not in ("cpu", "cuda"):
-        raise PipelineError(f"unknown --device {device!r}; use auto, cpu or cuda")
+        raise SraError(f"unknown --device {device!r}; use auto, cpu or cuda")
     return torch.device(device)
 
 
@@ -79,7 +77,7 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
     if dtype not in ("auto", *DTYPES):
-        raise PipelineError(f"unknown --dtype {dtype!r}; use auto, fp32, bf16 or fp16")
+        raise SraError(f"unknown --dtype {dtype!r}; use auto, fp32, bf16 or fp16")
     if dtype != "auto":
         return dtype
     if device.type == "cuda":
@@ -103,12 +101,12 @@ class Teacher:
     ) -> None:
         bad = [p for p in poolings if p not in POOLINGS and not LAYER_MEAN.fullmatch(p)]
         if bad or not poolings:
-            raise PipelineError(
+            raise SraError(
                 f"unknown pooling {', '.join(bad) or '(none)'}; choose from "
                 f"{', '.join(POOLINGS)} or mean_layerN (N a hidden layer, 0 = embeddings)"
             )
         if max_length < 2:
-            raise PipelineError(f"--max-length must be at least 2, got {max_length}")
+            raise SraError(f"--max-length must be at least 2, got {max_length}")
         self.name = name or DEFAULT_TEACHER
         self.source = resolve_teacher(name)
         self.poolings = list(dict.fromkeys(poolings))
@@ -137,8 +135,8 @@ class Teacher:
         try:
             config = AutoConfig.from_pretrained(self.source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise PipelineError(_load_error(self.name, e)) from None
-        _check_encoder(self.name, config)
+            raise SraError(load_error_message(self.name, e)) from None
+        check_encoder(self.name, config)
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 self.source, use_fast=True, trust_remote_code=trust_remote_code
@@ -151,7 +149,7 @@ class Teacher:
                 trust_remote_code=trust_remote_code,
             )
         except (OSError, ValueError) as e:
-            raise PipelineError(_load_error(self.name, e)) from None
+            raise SraError(load_error_message(self.name, e)) from None
         classifier = None
         if self.has_logits:
             # A plain encoder loads into this class too, with a freshly initialised head:
@@ -161,21 +159,21 @@ class Teacher:
                 k for k in info.get("missing_keys", []) if not k.startswith(model.base_model_prefix)
             ]
             if "ForSequenceClassification" not in archs or head_missing:
-                raise PipelineError(
+                raise SraError(
                     f"teacher {self.name!r} has no trained classification head, so it has no "
                     "logits to cache; fine-tune one with `pipeline teacher-finetune`, or drop "
                     "logits from --outputs"
                 )
             classifier, model = model, model.base_model
         if not getattr(tokenizer, "is_fast", False):
-            raise PipelineError(
+            raise SraError(
                 f"teacher {self.name!r} has no fast (Rust) tokenizer.json; convert it or pick "
                 "another teacher"
             )
         if "pooler" in self.poolings:
             missing = [k for k in info.get("missing_keys", []) if "pooler" in k]
             if getattr(model, "pooler", None) is None or missing:
-                raise PipelineError(
+                raise SraError(
                     f"teacher {self.name!r} has no trained pooler layer; drop `pooler` from "
                     "--pooling (use mean or cls)"
                 )
@@ -183,7 +181,7 @@ class Teacher:
         depth = int(getattr(config, "num_hidden_layers", 0))
         deep = [p for p, layer in self.layers.items() if layer > depth]
         if deep:
-            raise PipelineError(
+            raise SraError(
                 f"teacher {self.name!r} has {depth} layers, so {deep[0]} does not exist; "
                 f"use mean_layer0 to mean_layer{depth}"
             )
@@ -228,7 +226,7 @@ class Teacher:
         return {
             "name": self.name,
             "revision": getattr(self.config, "_commit_hash", None),
-            "weights_sha256": _weights_sha256(self.source),
+            "weights_sha256": weights_sha256(self.source),
             "model_type": self.config.model_type,
             "hidden_size": self.hidden_size,
             "num_layers": int(getattr(self.config, "num_hidden_layers", 0)),
@@ -275,7 +273,7 @@ class Teacher:
             except Exception as e:
                 if not self.compiled:
                     raise
-                raise PipelineError(
+                raise SraError(
                     f"torch.compile failed ({type(e).__name__}: {str(e)[:160]}); "
                     "rerun without --compile"
                 ) from None
@@ -334,7 +332,7 @@ def _backend_tokenizer(tokenizer: Any, max_length: int) -> Any:
     return backend
 
 
-def _check_encoder(name: str, config: Any) -> None:
+def check_encoder(name: str, config: Any) -> None:
     model_type = str(getattr(config, "model_type", ""))
     archs = " ".join(getattr(config, "architectures", None) or [])
     decoder = (
@@ -345,13 +343,13 @@ def _check_encoder(name: str, config: Any) -> None:
         or "LMHead" in archs
     )
     if decoder or not hasattr(config, "hidden_size"):
-        raise PipelineError(
+        raise SraError(
             f"teacher {name!r} is not a BERT-style encoder (model_type {model_type!r}); "
             "pass an encoder such as sentence-transformers/all-MiniLM-L6-v2 or bert-base-uncased"
         )
 
 
-def _load_error(name: str, e: BaseException) -> str:
+def load_error_message(name: str, e: BaseException) -> str:
     offline = (
         os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     )
@@ -367,7 +365,7 @@ def _load_error(name: str, e: BaseException) -> str:
     )
 
 
-def _weights_sha256(source: str) -> str | None:
+def weights_sha256(source: str) -> str | None:
     """Hash of the local weight files; hub models are identified by their revision instead."""
     folder = Path(source)
     if not folder.is_dir():

@@ -16,9 +16,9 @@ This package must never import ``transformers`` or the ``pipeline`` package: it 
 needs torch, tokenizers, safetensors, numpy and the ``cache`` reader.
 """
 
+from cache.errors import SraError
 from student.config import StudentConfig
 from student.encoder import StudentEncoder
-from student.errors import StudentError
 from student.model import BiLSTMEncoder
 
 # Last, and eagerly: the function `train` must shadow the submodule of the same name on the
@@ -30,7 +30,7 @@ __all__ = [
     "BiLSTMEncoder",
     "StudentConfig",
     "StudentEncoder",
-    "StudentError",
+    "SraError",
     "TrainConfig",
     "train",
 ]

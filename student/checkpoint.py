@@ -22,10 +22,10 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from cache.errors import SraError
 from cache.files import fsync_dir, write_atomic, write_file
 from student.data import DataPosition
 from student.dist import Dist
-from student.errors import StudentError
 
 RUN_FORMAT = "sra-train-run"
 CHECKPOINT_FORMAT = "sra-train-checkpoint"
@@ -74,12 +74,12 @@ class RunDir:
         option as given, kept in run.json for the record."""
         path = self.path
         if path.exists() and not path.is_dir():
-            raise StudentError(f"--out {path} is a file; choose a folder")
+            raise SraError(f"--out {path} is a file; choose a folder")
         existing = self._read_run()
         foreign = existing is None and path.exists() and any(path.iterdir())
         self.dist.barrier()  # every rank has looked before rank 0 changes anything
         if foreign:
-            raise StudentError(
+            raise SraError(
                 f"--out {path} is not empty and holds no {RUN_FILE}, so it is not a training "
                 "run; choose a new or empty folder"
             )
@@ -90,13 +90,13 @@ class RunDir:
                 self._clear()
                 existing = None
             elif resume:
-                raise StudentError(
+                raise SraError(
                     f"cannot --resume {path}: its checkpoint is from a different config "
                     f"(differs in: {what}); rerun with the original options, or --overwrite "
                     "to start over"
                 )
             else:
-                raise StudentError(
+                raise SraError(
                     f"{path} holds a different run (differs in: {what}); pass --overwrite to "
                     "replace it or choose another --out"
                 )
@@ -108,7 +108,7 @@ class RunDir:
             if not resume:
                 state = "finished" if finished else "unfinished"
                 hint = "" if finished else "--resume to continue it or "
-                raise StudentError(
+                raise SraError(
                     f"{path} already holds {'a' if finished else 'an'} {state} run with this "
                     f"config; pass {hint}"
                     "--overwrite to train it again"
@@ -119,7 +119,7 @@ class RunDir:
             if checkpoint is not None:
                 state = json.loads((checkpoint / "state.json").read_text())
                 if state.get("fingerprint") != fingerprint:
-                    raise StudentError(
+                    raise SraError(
                         f"cannot --resume: {checkpoint} belongs to a different config; "
                         "pass --overwrite to start over"
                     )
@@ -150,9 +150,9 @@ class RunDir:
         try:
             run = json.loads(p.read_text())
         except (OSError, ValueError) as e:
-            raise StudentError(f"{p} is unreadable ({e}); pass --overwrite to start over") from None
+            raise SraError(f"{p} is unreadable ({e}); pass --overwrite to start over") from None
         if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
-            raise StudentError(f"{p} is not a training-run file; choose another --out")
+            raise SraError(f"{p} is not a training-run file; choose another --out")
         return run
 
     def _clear(self) -> None:
@@ -305,7 +305,7 @@ def load_checkpoint(
         return int(meta["step"]), int(meta["epoch"]), int(meta["epoch_step"]), position
     except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
         first = " ".join(str(e).split())[:200]
-        raise StudentError(
+        raise SraError(
             f"checkpoint {folder} is unreadable ({first}); pass --overwrite to start over"
         ) from None
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from student.errors import StudentError
+from cache.errors import SraError
 
 
 def resolve_device(device: str) -> torch.device:
     """auto | cpu | cuda to a device; asking for an absent GPU is a one-line error."""
     if device not in ("auto", "cpu", "cuda"):
-        raise StudentError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise SraError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise StudentError("--device cuda but no CUDA GPU is visible; use --device cpu")
+        raise SraError("--device cuda but no CUDA GPU is visible; use --device cpu")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if use_cuda else "cpu")
 
@@ -41,7 +41,7 @@ class Dist:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         if world < 1 or not 0 <= rank < world:
-            raise StudentError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
+            raise SraError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
         use_cuda = resolve_device(device).type == "cuda"
         dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
         if use_cuda:

@@ -24,9 +24,9 @@ import safetensors.torch
 import torch
 from tokenizers import Tokenizer
 
+from cache.errors import SraError
 from cache.files import fsync_dir, write_file
 from student.config import StudentConfig
-from student.errors import StudentError
 from student.model import BiLSTMEncoder, onednn_bf16_available
 
 CONFIG_FILE = "config.json"
@@ -160,17 +160,17 @@ class StudentEncoder:
     def from_pretrained(cls, path: str | os.PathLike[str]) -> StudentEncoder:
         """Load a student folder written by ``save_pretrained`` (local files only).
 
-        Anything wrong with the folder raises ``StudentError`` with one line naming the file.
+        Anything wrong with the folder raises ``SraError`` with one line naming the file.
         """
         folder = Path(path)
         if not folder.is_dir():
-            raise StudentError(
+            raise SraError(
                 f"student folder {folder} does not exist or is not a folder: pass the folder "
                 f"save_pretrained wrote (students load from local files only, never a hub)"
             )
         for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
             if not (folder / name).is_file():
-                raise StudentError(
+                raise SraError(
                     f"{folder / name} is missing: a student folder needs {CONFIG_FILE}, "
                     f"{WEIGHTS_FILE} and {TOKENIZER_FILE}; re-save it with save_pretrained"
                 )
@@ -190,7 +190,7 @@ class StudentEncoder:
         """
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
-            raise StudentError(f"{folder} exists and is not a folder: choose another path")
+            raise SraError(f"{folder} exists and is not a folder: choose another path")
         header = {"format": FORMAT, "format_version": FORMAT_VERSION}
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         payload = {
@@ -312,17 +312,17 @@ def _read_config(path: Path) -> StudentConfig:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StudentError(
+        raise SraError(
             f"{path} is not valid JSON ({_one_line(error)}): restore it or re-save the student"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise StudentError(
+        raise SraError(
             f'{path} is not a student config (no "format": "{FORMAT}"): pass a folder written '
             f"by StudentEncoder.save_pretrained"
         )
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise StudentError(
+        raise SraError(
             f"{path} has format_version {version!r}, this code reads {FORMAT_VERSION}: "
             f"use the matching version of the student package"
         )
@@ -330,7 +330,7 @@ def _read_config(path: Path) -> StudentConfig:
     try:
         return StudentConfig.from_dict(fields)
     except (ValueError, TypeError) as error:
-        raise StudentError(
+        raise SraError(
             f"{path} is not a valid student config ({_one_line(error)}): fix the value or "
             f"re-save the student"
         ) from None
@@ -340,13 +340,13 @@ def _read_tokenizer(path: Path, config: StudentConfig) -> Tokenizer:
     try:
         tokenizer = Tokenizer.from_file(os.fspath(path))
     except Exception as error:
-        raise StudentError(
+        raise SraError(
             f"{path} is not a readable tokenizers file ({_one_line(error)[:200]}): copy the "
             f"teacher's tokenizer.json back into the student folder"
         ) from None
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size > config.vocab_size:
-        raise StudentError(
+        raise SraError(
             f"{path} has {size} tokens but config.json says vocab_size {config.vocab_size}: "
             f"the tokenizer belongs to another model; copy the teacher's tokenizer.json back"
         )
@@ -357,7 +357,7 @@ def _load_weights(model: BiLSTMEncoder, path: Path) -> None:
     try:
         tensors = safetensors.torch.load_file(os.fspath(path), device="cpu")
     except Exception as error:
-        raise StudentError(
+        raise SraError(
             f"{path} is not a readable safetensors file ({_one_line(error)[:200]}): re-save "
             f"the student with save_pretrained"
         ) from None
@@ -378,7 +378,7 @@ def _load_weights(model: BiLSTMEncoder, path: Path) -> None:
         shown = "; ".join(problems[:3])
         if len(problems) > 3:
             shown += f"; and {len(problems) - 3} more"
-        raise StudentError(
+        raise SraError(
             f"{path} does not match config.json ({shown}): the files come from different "
             f"students or were edited; re-save the student with save_pretrained"
         )

@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from cache import Cache, open_cache
+from cache.errors import SraError
 from cache.files import fsync_dir, sha256_file, write_atomic, write_file
 from cache.task_data import AUGMENTED, read_logits, read_task
 from cache.tasks import STSB_MAX, TaskSpec, dev_splits, get_task
 from student.checkpoint import optimizer_files, optimizer_state
 from student.dist import resolve_device
 from student.encoder import StudentEncoder
-from student.errors import StudentError
 from student.metrics import task_scores
 from student.model import BiLSTMEncoder
 from student.task_data import Examples, Sentences, example_batches, load_examples, load_sentences
@@ -115,7 +115,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     task_data = read_task(cache)
     task = task_data.task
     if task.name != _task_name(cfg.task):
-        raise StudentError(
+        raise SraError(
             f"--task {cfg.task} but {cfg.cache} holds {task.name}; build a cache with "
             f"`pipeline embed --corpus glue:{_task_name(cfg.task)}`"
         )
@@ -123,7 +123,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     evals = list(dev_splits(task))
     for split in ("train", *evals):
         if split not in splits:
-            raise StudentError(
+            raise SraError(
                 f"task cache {cfg.cache} has no {split!r} split; rebuild it from a GLUE folder "
                 f"that holds {task.folder}/{task.splits[split]}"
             )
@@ -134,7 +134,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.sra_weight > 0 and encoder is not None:
         wanted, have = encoder.config.output_dim, sentences.vectors.shape[1]
         if wanted != have:
-            raise StudentError(
+            raise SraError(
                 f"the student approximates {wanted}-d teacher vectors "
                 f"({encoder.config.teacher_pooling}), but --pooling {cfg.pooling} in {cfg.cache} "
                 f"is {have}-d; pass --pooling {encoder.config.teacher_pooling} with a task cache "
@@ -143,7 +143,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     data = {s: load_examples(cache, s, task.pair) for s in splits}
     for split in ("train", *evals):
         if not data[split].labelled:
-            raise StudentError(f"split {split!r} of {cfg.cache} has examples without labels")
+            raise SraError(f"split {split!r} of {cfg.cache} has examples without labels")
     train, train_logits = data["train"], None
     if cfg.distill_weight > 0:
         # The transfer set: the training examples plus, when the cache has them, augmented
@@ -217,7 +217,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                     bf16,
                 )
                 if not torch.isfinite(loss):
-                    raise StudentError(
+                    raise SraError(
                         f"the loss became {loss.item()} at step {state.step} (epoch {epoch + 1}); "
                         f"lower --lr; the last finished epoch is kept in {cfg.out / CHECKPOINT_DIR}"
                     )
@@ -445,7 +445,7 @@ def _task_name(name: str) -> str:
     try:
         return get_task(name).name
     except ValueError as e:
-        raise StudentError(str(e)) from None
+        raise SraError(str(e)) from None
 
 
 def _check_options(cfg: FinetuneConfig) -> None:
@@ -485,7 +485,7 @@ def _check_options(cfg: FinetuneConfig) -> None:
     if cfg.encoder_dropout is not None and not 0 <= cfg.encoder_dropout < 1:
         problems.append(f"--encoder-dropout must be in [0, 1), got {cfg.encoder_dropout}")
     if problems:
-        raise StudentError("; ".join(problems))
+        raise SraError("; ".join(problems))
 
 
 def _load_student(cfg: FinetuneConfig, cache: Cache) -> StudentEncoder | None:
@@ -503,7 +503,7 @@ def _load_student(cfg: FinetuneConfig, cache: Cache) -> StudentEncoder | None:
     if encoder.tokenizer.get_vocab(with_added_tokens=True) != tokenizer.get_vocab(
         with_added_tokens=True
     ):
-        raise StudentError(
+        raise SraError(
             f"the student {cfg.student} and the task cache {cache.path} use different "
             f"vocabularies; build the task cache with the student's teacher "
             f"({encoder.config.teacher or 'unknown'})"
@@ -563,14 +563,14 @@ def _prepare_out(cfg: FinetuneConfig, identity: dict[str, Any]) -> dict[str, Any
     """Refuse to mix runs; returns the metrics when this exact run is already complete."""
     out = cfg.out
     if out.exists() and not out.is_dir():
-        raise StudentError(f"--out {out} is a file; choose a folder")
+        raise SraError(f"--out {out} is a file; choose a folder")
     run_file = out / RUN_FILE
     existing = _read_json(run_file) if run_file.is_file() else None
     if existing is None and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise StudentError(f"--out {out} is not empty and holds no finetune run; choose another")
+        raise SraError(f"--out {out} is not empty and holds no finetune run; choose another")
     same = existing is not None and existing.get("fingerprint") == _fingerprint(identity)
     if existing is not None and not same and not cfg.overwrite:
-        raise StudentError(
+        raise SraError(
             f"{out} holds a different finetune run ({existing.get('task')}, student "
             f"{existing.get('student')}); pass --overwrite to replace it or choose another --out"
         )
@@ -578,7 +578,7 @@ def _prepare_out(cfg: FinetuneConfig, identity: dict[str, Any]) -> dict[str, Any
         print(f"{out} is already complete; nothing to do", file=sys.stderr)
         return _read_json(out / METRICS_JSON)
     if same and not cfg.resume and not cfg.overwrite and (out / CHECKPOINT_DIR).exists():
-        raise StudentError(f"{out} holds an unfinished run of this config; pass --resume")
+        raise SraError(f"{out} holds an unfinished run of this config; pass --resume")
     if cfg.overwrite or not same:
         shutil.rmtree(out, ignore_errors=True)
         cfg.resume = False
@@ -661,11 +661,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudentError(
+        raise SraError(
             f"{path} is unreadable ({type(e).__name__}); pass --overwrite to start the run over"
         ) from None
     if not isinstance(data, dict):
-        raise StudentError(f"{path} is not a finetune file; pass --overwrite to start over")
+        raise SraError(f"{path} is not a finetune file; pass --overwrite to start over")
     return data
 
 
@@ -726,7 +726,7 @@ def _load_checkpoint(
             o.load_state_dict(optimizer_state(tensors, meta, device))
         torch.set_rng_state(safetensors.torch.load_file(str(folder / "rng.safetensors"))["torch"])
     except Exception as e:
-        raise StudentError(
+        raise SraError(
             f"checkpoint {folder} is unreadable ({type(e).__name__}); pass --overwrite to start "
             "over"
         ) from None

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from student.errors import StudentError
+from cache.errors import SraError
 
 
 def read_metrics(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -19,7 +19,7 @@ def read_metrics(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     (a killed run can leave half a line)."""
     path = run / "metrics.jsonl"
     if not path.is_file():
-        raise StudentError(f"{path} is missing: point at a folder written by `pipeline train`")
+        raise SraError(f"{path} is missing: point at a folder written by `pipeline train`")
     train, val = [], []
     for line in path.read_text().splitlines():
         try:
@@ -40,14 +40,14 @@ def write_report(run: str | Path) -> Path:
     try:
         info = json.loads(run_file.read_text())
     except OSError:
-        raise StudentError(
+        raise SraError(
             f"{run_file} is missing: point at a folder written by `pipeline train`"
         ) from None
     except ValueError as e:
-        raise StudentError(f"{run_file} is not valid JSON ({e})") from None
+        raise SraError(f"{run_file} is not valid JSON ({e})") from None
     train, val = read_metrics(run)
     if not train:
-        raise StudentError(f"{run / 'metrics.jsonl'} has no training lines yet; train first")
+        raise SraError(f"{run / 'metrics.jsonl'} has no training lines yet; train first")
 
     import matplotlib
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from student.errors import StudentError
+from cache.errors import SraError
 
 REQUIRED = ("sentence1", "sentence2", "score")
 
@@ -44,14 +44,14 @@ def read_pairs(path: str | Path) -> Pairs:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
-        raise StudentError(f"cannot read --data {path}: {e.strerror or e}") from None
+        raise SraError(f"cannot read --data {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
-        raise StudentError(f"--data {path} is not UTF-8 text ({e.reason})") from None
+        raise SraError(f"--data {path} is not UTF-8 text ({e.reason})") from None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     header = [h.strip().lower() for h in next(reader, [])]
     missing = [c for c in REQUIRED if c not in header]
     if missing:
-        raise StudentError(
+        raise SraError(
             f"{path} has no {', '.join(missing)} column in its header (it has "
             f"{', '.join(header[:12]) or 'nothing'}); pass an STS-B style TSV"
         )
@@ -77,7 +77,7 @@ def read_pairs(path: str | Path) -> Pairs:
         second.append(row[i2])
         scores.append(score)
     if len(first) < 2:
-        raise StudentError(f"{path} has {len(first)} usable pairs; at least 2 are needed")
+        raise SraError(f"{path} has {len(first)} usable pairs; at least 2 are needed")
     notes = [f"{path}: skipped {skipped} malformed line(s)"] if skipped else []
     return Pairs(first, second, np.asarray(scores, dtype=np.float64), skipped, notes)
 
@@ -123,7 +123,7 @@ def teacher_vectors(cache_path: str | Path, texts: set[str], pooling: str) -> di
 
     cache = open_cache(cache_path)
     if pooling not in cache.poolings:
-        raise StudentError(
+        raise SraError(
             f"teacher cache {cache.path} has no {pooling!r} vectors (it has "
             f"{', '.join(cache.poolings) or 'none'}); pass --pooling"
         )

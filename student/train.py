@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from cache import Cache, CacheError, open_cache
+from cache.errors import SraError
 from student.checkpoint import RunDir, TrainState, load_checkpoint, save_checkpoint
 from student.config import POOLINGS, StudentConfig
 from student.data import (
@@ -49,7 +50,6 @@ from student.data import (
 )
 from student.dist import Dist
 from student.encoder import StudentEncoder, cpu_bf16_supported
-from student.errors import StudentError
 from student.lm import BiLMHead, StudentWithLM, sampling_distribution, unigram_counts
 from student.meter import Meter
 from student.model import BiLSTMEncoder, pca_project
@@ -150,7 +150,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     # -- data: everything is read and checked before the run folder is touched ---------------
     split = compute_split(cache, data_cfg)
     if split.train_rows < 1:
-        raise StudentError(f"cache {cache.path} leaves no training rows; lower --val-fraction")
+        raise SraError(f"cache {cache.path} leaves no training rows; lower --val-fraction")
     pad_id = student_cfg.pad_id
     data = TrainData(
         cache,
@@ -224,7 +224,7 @@ def _train(cfg: TrainConfig, dist: Dist) -> Path:
     with meter:
         while step < total:
             if steps_in(epoch) == 0:
-                raise StudentError(f"epoch {epoch} gives no training batches on some rank")
+                raise SraError(f"epoch {epoch} gives no training batches on some rank")
             data.set_epoch(epoch, position)
             for batch in _batches(data, cfg.workers, cfg.seed, epoch):
                 if epoch_step >= steps_in(epoch) or step >= total:
@@ -383,7 +383,7 @@ class StepCounter:
             return max_steps
         total = sum(self(e) for e in range(epochs or 1))
         if total < 1:
-            raise StudentError("the cache gives no training batches; use a larger cache")
+            raise SraError("the cache gives no training batches; use a larger cache")
         return min(total, max_steps) if max_steps is not None else total
 
 
@@ -403,10 +403,10 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-def _non_finite(what: str, value: float, step: int, lr: float, run: RunDir) -> StudentError:
+def _non_finite(what: str, value: float, step: int, lr: float, run: RunDir) -> SraError:
     last = run.latest_step()
     kept = f"the last good checkpoint (step {last:,}) is kept" if last else "no checkpoint yet"
-    return StudentError(
+    return SraError(
         f"non-finite {what} ({value}) at step {step + 1:,} (lr {lr:.2e}); stopped, {kept}; "
         "lower --lr or try --no-bf16, then rerun with --resume (or --overwrite)"
     )
@@ -451,7 +451,7 @@ def _check_options(cfg: TrainConfig) -> None:
     if cfg.resume and cfg.overwrite:
         problems.append("--resume and --overwrite contradict each other; pass one")
     if problems:
-        raise StudentError("; ".join(problems))
+        raise SraError("; ".join(problems))
 
 
 def cache_tokenizer(cache: Cache) -> Tokenizer:
@@ -487,7 +487,7 @@ def student_config(cfg: TrainConfig, cache: Cache, tokenizer: Tokenizer) -> Stud
             cache_fingerprint=cache.manifest.fingerprint,
         )
     except ValueError as e:
-        raise StudentError(f"bad student options: {e}") from None
+        raise SraError(f"bad student options: {e}") from None
 
 
 def _teacher_embeddings(cache: Cache, student_cfg: StudentConfig, seed: int) -> torch.Tensor:
@@ -515,7 +515,7 @@ def resolve_bf16(bf16: bool | None, device: torch.device) -> bool:
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported()
         if bf16 and not supported:
-            raise StudentError("this GPU has no bf16; pass --no-bf16")
+            raise SraError("this GPU has no bf16; pass --no-bf16")
         return supported if bf16 is None else bf16
     # On CPU bf16 autocast helps only where the hardware has bf16 matmuls (avx512_bf16/AMX).
     return cpu_bf16_supported() if bf16 is None else bf16

@@ -153,7 +153,7 @@ def tiny_teachers(
     tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_glue: Path
 ) -> dict[str, Path]:
     """The tiny random BERT fine-tuned for a few steps on the tiny SST-2, MRPC and STS-B."""
-    from pipeline.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+    from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
 
     root = tmp_path_factory.mktemp("teachers")
     out = {}
@@ -173,3 +173,16 @@ def tiny_teachers(
             )
         )
     return out
+
+
+def embed_any(**kw):  # type: ignore[no-untyped-def]
+    """`pipeline embed` as the command line runs it: EmbedConfig's and TaskOptions' fields in
+    one set of keywords; a glue: corpus goes through the task layer."""
+    from dataclasses import fields
+
+    from pipeline.embedding import EmbedConfig
+    from pipeline.tasks import TaskOptions, embed_corpus
+
+    task_keys = {f.name for f in fields(TaskOptions)}
+    options = TaskOptions(**{k: kw.pop(k) for k in list(kw) if k in task_keys})
+    return embed_corpus(EmbedConfig(**kw), options)

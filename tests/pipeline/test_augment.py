@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from cache import open_cache
+from cache.errors import SraError
 from cache.task_data import AUGMENTED, read_examples, read_logits, read_task
 from cache.tasks import get_task
-from pipeline.augment import AugmentConfig, Neighbours, augment_examples
-from pipeline.embed import EmbedConfig, embed
-from pipeline.errors import PipelineError
-from pipeline.glue import Example
+from pipeline.tasks.augment import AugmentConfig, Neighbours, augment_examples
+from pipeline.tasks.glue import Example
+from tests.conftest import embed_any
 
 SST2, MRPC = get_task("sst2"), get_task("mrpc")
 
@@ -67,14 +67,14 @@ def test_pairs_take_mask_and_replace_and_refuse_ngram():
     out = augment_examples(examples, MRPC, AugmentConfig(copies=2), neighbours(), "[MASK]")
     assert out and all(e.text_b is not None for e in out)
     assert all(len(e.text_a.split()) == 5 and len(e.text_b.split()) == 5 for e in out)
-    with pytest.raises(PipelineError, match="only suits single-sentence tasks.*mrpc"):
+    with pytest.raises(SraError, match="only suits single-sentence tasks.*mrpc"):
         AugmentConfig(copies=2, modes=("mask", "ngram")).check(MRPC)
-    with pytest.raises(PipelineError, match="unknown augmentation mode"):
+    with pytest.raises(SraError, match="unknown augmentation mode"):
         AugmentConfig(copies=2, modes=("shuffle",)).check(SST2)
 
 
 def test_augmented_split_through_stage_one(tmp_path, tiny_teachers, tiny_glue):
-    cfg = EmbedConfig(
+    cfg = dict(
         corpus="glue:sst2",
         glue_dir=str(tiny_glue),
         out=tmp_path / "c",
@@ -85,7 +85,7 @@ def test_augmented_split_through_stage_one(tmp_path, tiny_teachers, tiny_glue):
         dtype="fp32",
         progress=False,
     )
-    embed(cfg)
+    embed_any(**cfg)
     cache = open_cache(tmp_path / "c")
     info = read_task(cache)
     assert info.augmentation is not None and info.augmentation["copies"] == 2
@@ -98,19 +98,19 @@ def test_augmented_split_through_stage_one(tmp_path, tiny_teachers, tiny_glue):
     train = read_examples(cache, "train").column("sentence1_id").to_numpy()
     assert augmented.column("sentence1_id").to_numpy().min() > train.max() - 1
     # Same seed, same cache: a rerun is a no-op; another seed is another cache.
-    assert embed(cfg).status == "complete"
+    assert embed_any(**cfg).status == "complete"
     with pytest.raises(Exception, match="overwrite"):
-        embed(EmbedConfig(**{**cfg.__dict__, "augment": AugmentConfig(copies=2, seed=2)}))
+        embed_any(**{**cfg, "augment": AugmentConfig(copies=2, seed=2)})
 
 
 def test_pair_task_with_ngram_fails_before_the_teacher(tmp_path, tiny_glue, monkeypatch):
-    monkeypatch.setattr("pipeline.embed.Teacher", lambda *a, **k: pytest.fail("teacher loaded"))
-    cfg = EmbedConfig(
+    monkeypatch.setattr("pipeline.teacher.Teacher", lambda *a, **k: pytest.fail("teacher loaded"))
+    cfg = dict(
         corpus="glue:mrpc",
         glue_dir=str(tiny_glue),
         out=tmp_path / "c",
         augment=AugmentConfig(copies=2, modes=("ngram",)),
     )
-    with pytest.raises(PipelineError, match="sentence-pair task"):
-        embed(cfg)
+    with pytest.raises(SraError, match="sentence-pair task"):
+        embed_any(**cfg)
     assert not (tmp_path / "c").exists()

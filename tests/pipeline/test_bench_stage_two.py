@@ -15,11 +15,11 @@ from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from cache import open_cache, verify_cache
-from pipeline import bench_student as bench_student_module
-from pipeline.bench_student import bench_student, load_sentences
-from pipeline.bench_train import make_subset_cache
+from cache.errors import SraError
+from pipeline.bench import student as bench_student_module
+from pipeline.bench.student import bench_student, load_sentences
+from pipeline.bench.train import make_subset_cache
 from pipeline.cli import app
-from pipeline.errors import PipelineError
 from student import StudentConfig, StudentEncoder
 from tests.conftest import write_corpus
 from tests.student.test_data import make_cache
@@ -130,7 +130,7 @@ def test_bench_student_finds_the_encoder_subfolder(tmp_path, student_dir, tiny_b
 
 def test_default_sentences_are_the_unique_sts_b_sentences(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_student_module, "STS_B_DEV", tmp_path / "missing.tsv")
-    with pytest.raises(PipelineError, match="--sentences"):
+    with pytest.raises(SraError, match="--sentences"):
         load_sentences(None, None)
     tsv = tmp_path / "dev.tsv"
     tsv.write_text(
@@ -152,7 +152,7 @@ def test_subset_cache_is_valid_and_shares_the_shards(tmp_path, cache_dir):
     assert verify_cache(small).ok
     assert os.path.samefile(small / first.file, cache_dir / first.file)  # a hard link
     assert cache.manifest.totals["subset_of"]["rows"] == 400
-    with pytest.raises(PipelineError, match="--rows-small"):
+    with pytest.raises(SraError, match="--rows-small"):
         make_subset_cache(cache_dir, 400, tmp_path / "too-big")
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cache.errors import SraError
 from pipeline.corpus import (
     CorpusSpec,
     CorpusStats,
@@ -23,7 +24,6 @@ from pipeline.corpus import (
     describe_corpus,
     iter_paragraphs,
 )
-from pipeline.errors import PipelineError
 
 WIKI_DUMP = """\
 <doc id="12" url="http://en.wikipedia.org/wiki?curid=12" title="Anarchism">
@@ -105,7 +105,7 @@ def test_gzip_is_detected_by_content_not_only_extension(tmp_path: Path) -> None:
 def test_corrupt_gzip_is_a_pipeline_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.txt.gz"
     path.write_bytes(gzip.compress(b"some text\n" * 1000)[:-40])
-    with pytest.raises(PipelineError, match="cannot read .*broken.txt.gz"):
+    with pytest.raises(SraError, match="cannot read .*broken.txt.gz"):
         read_all(CorpusSpec(str(path)))
 
 
@@ -173,22 +173,20 @@ def test_jsonl_custom_text_field_and_blank_lines(tmp_path: Path) -> None:
 
 def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "bad.jsonl", b'{"text": "fine"}\n{"text": oops}\n')
-    with pytest.raises(PipelineError, match=r"bad\.jsonl:2 is not valid JSON") as info:
+    with pytest.raises(SraError, match=r"bad\.jsonl:2 is not valid JSON") as info:
         read_all(CorpusSpec(str(path)))
     assert "\n" not in str(info.value)
 
 
 def test_jsonl_missing_field_lists_the_fields_it_has(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"body": "x", "lang": "en"}])
-    with pytest.raises(
-        PipelineError, match=r"d\.jsonl:1 has no field 'text' \(it has: body, lang\)"
-    ):
+    with pytest.raises(SraError, match=r"d\.jsonl:1 has no field 'text' \(it has: body, lang\)"):
         read_all(CorpusSpec(str(path)))
 
 
 def test_jsonl_non_string_field_is_an_error(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": 42}])
-    with pytest.raises(PipelineError, match="is int, not text"):
+    with pytest.raises(SraError, match="is int, not text"):
         read_all(CorpusSpec(str(path)))
 
 
@@ -225,7 +223,7 @@ def test_parquet_is_read_in_batches_in_row_order(tmp_path: Path) -> None:
 
 def test_parquet_missing_column_lists_the_columns(tmp_path: Path) -> None:
     path = write_parquet(tmp_path / "rows.parquet", {"body": ["a"], "id": [1]})
-    with pytest.raises(PipelineError, match=r"no column 'text' \(it has: body, id\)"):
+    with pytest.raises(SraError, match=r"no column 'text' \(it has: body, id\)"):
         read_all(CorpusSpec(str(path)))
 
 
@@ -237,7 +235,7 @@ def test_parquet_custom_column(tmp_path: Path) -> None:
 
 def test_not_a_parquet_file_is_a_pipeline_error(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "fake.parquet", b"definitely not parquet")
-    with pytest.raises(PipelineError, match="cannot read .*fake.parquet as parquet"):
+    with pytest.raises(SraError, match="cannot read .*fake.parquet as parquet"):
         read_all(CorpusSpec(str(path)))
 
 
@@ -263,14 +261,14 @@ def test_directory_reads_supported_files_recursively_in_sorted_order(tmp_path: P
 
 def test_directory_without_supported_files_is_an_error(tmp_path: Path) -> None:
     write_bytes(tmp_path / "notes.md", b"text\n")
-    with pytest.raises(PipelineError, match="contains no supported files"):
+    with pytest.raises(SraError, match="contains no supported files"):
         read_all(CorpusSpec(str(tmp_path)))
 
 
 def test_directory_of_empty_files_is_an_error(tmp_path: Path) -> None:
     write_bytes(tmp_path / "a.txt", b"")
     write_bytes(tmp_path / "b.txt", b"\n  \n")
-    with pytest.raises(PipelineError, match="contains no text"):
+    with pytest.raises(SraError, match="contains no text"):
         read_all(CorpusSpec(str(tmp_path)))
 
 
@@ -280,23 +278,23 @@ def test_directory_of_empty_files_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", [b"", b"\n\n   \n", b"\xef\xbb\xbf\n"])
 def test_empty_file_is_an_error(tmp_path: Path, content: bytes) -> None:
     path = write_bytes(tmp_path / "empty.txt", content)
-    with pytest.raises(PipelineError, match="contains no text"):
+    with pytest.raises(SraError, match="contains no text"):
         read_all(CorpusSpec(str(path)))
 
 
 def test_missing_path_fails_at_call_time(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(SraError, match="does not exist"):
         iter_paragraphs(CorpusSpec(str(tmp_path / "nope.txt")), CorpusStats())
 
 
 def test_unsupported_extension_lists_supported_ones(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "corpus.csv", b"a,b\n")
-    with pytest.raises(PipelineError, match=r"unsupported extension; use one of .*\.jsonl"):
+    with pytest.raises(SraError, match=r"unsupported extension; use one of .*\.jsonl"):
         read_all(CorpusSpec(str(path)))
 
 
 def test_empty_corpus_string_is_an_error() -> None:
-    with pytest.raises(PipelineError, match="corpus is empty"):
+    with pytest.raises(SraError, match="corpus is empty"):
         read_all(CorpusSpec(""))
 
 
@@ -337,19 +335,19 @@ def test_wiki_dump_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_missing_wiki_dump_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="does not exist.*--wiki-dump"):
+    with pytest.raises(SraError, match="does not exist.*--wiki-dump"):
         iter_paragraphs(CorpusSpec("wiki", wiki_dump=str(tmp_path / "nope.gz")), CorpusStats())
 
 
 def test_malformed_doc_header_names_the_line(tmp_path: Path) -> None:
     dump = write_bytes(tmp_path / "dump.txt", b"<doc broken>\ntext\n</doc>\n")
-    with pytest.raises(PipelineError, match=r"dump\.txt:1: malformed article header"):
+    with pytest.raises(SraError, match=r"dump\.txt:1: malformed article header"):
         read_all(CorpusSpec("wiki", wiki_dump=str(dump)))
 
 
 def test_dump_without_articles_is_an_error(tmp_path: Path) -> None:
     dump = write_bytes(tmp_path / "dump.txt", b"just some text, no doc blocks\n")
-    with pytest.raises(PipelineError, match="contains no text"):
+    with pytest.raises(SraError, match="contains no text"):
         read_all(CorpusSpec("wiki", wiki_dump=str(dump)))
 
 
@@ -359,7 +357,7 @@ def test_dump_without_articles_is_an_error(tmp_path: Path) -> None:
 def test_wiki_without_dump_or_hub_names_both_ways_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(SraError) as info:
         read_all(CorpusSpec("wiki"))
     message = str(info.value)
     assert "--wiki-dump" in message and "PIPELINE_WIKI_DUMP" in message
@@ -385,7 +383,7 @@ def test_wiki_hub_unreachable_is_one_line_error(monkeypatch: pytest.MonkeyPatch)
         raise ConnectionError("Couldn't reach\n'https://huggingface.co'")
 
     fake_datasets(monkeypatch, unreachable)
-    with pytest.raises(PipelineError, match="Couldn't reach 'https://huggingface.co'.*--wiki-dump"):
+    with pytest.raises(SraError, match="Couldn't reach 'https://huggingface.co'.*--wiki-dump"):
         read_all(CorpusSpec("wiki"))
 
 
@@ -395,7 +393,7 @@ def test_wiki_hub_failing_on_first_row_is_an_error(monkeypatch: pytest.MonkeyPat
         yield {}
 
     fake_datasets(monkeypatch, lambda *a, **k: failing_rows())
-    with pytest.raises(PipelineError, match="read timed out.*--wiki-dump"):
+    with pytest.raises(SraError, match="read timed out.*--wiki-dump"):
         read_all(CorpusSpec("wiki"))
 
 
@@ -438,14 +436,14 @@ def test_hf_local_folder_streams_through_datasets(hf_folder: Path) -> None:
 
 
 def test_hf_missing_field_lists_fields(hf_folder: Path) -> None:
-    with pytest.raises(PipelineError, match=r"no field 'body' \(it has: text, n\)"):
+    with pytest.raises(SraError, match=r"no field 'body' \(it has: text, n\)"):
         read_all(CorpusSpec(f"hf:{hf_folder}", text_field="body"))
 
 
 def test_hf_unknown_split_or_dataset_is_one_line_error(hf_folder: Path, tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="cannot load Hugging Face dataset.*'validation'"):
+    with pytest.raises(SraError, match="cannot load Hugging Face dataset.*'validation'"):
         read_all(CorpusSpec(f"hf:{hf_folder}", split="validation"))
-    with pytest.raises(PipelineError, match="cannot load Hugging Face dataset") as info:
+    with pytest.raises(SraError, match="cannot load Hugging Face dataset") as info:
         read_all(CorpusSpec(f"hf:{tmp_path / 'missing'}"))
     assert "\n" not in str(info.value)
 
@@ -458,7 +456,7 @@ def test_hf_name_and_config_are_passed_through(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_hf_without_name_is_an_error() -> None:
-    with pytest.raises(PipelineError, match="names no dataset"):
+    with pytest.raises(SraError, match="names no dataset"):
         read_all(CorpusSpec("hf:"))
 
 
@@ -531,7 +529,7 @@ def test_describe_hf(hf_folder: Path) -> None:
 
 
 def test_describe_validates_paths(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(SraError, match="does not exist"):
         describe_corpus(CorpusSpec(str(tmp_path / "missing")))
 
 

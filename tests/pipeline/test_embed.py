@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cache import CacheError, open_cache
-from pipeline.embed import EmbedConfig, embed
-from pipeline.errors import PipelineError
+from cache.errors import SraError
+from pipeline.embedding import EmbedConfig, embed
 from tests.conftest import write_corpus
 
 
@@ -135,20 +135,20 @@ def test_other_config_is_refused_unless_overwrite(tmp_path: Path, tiny_bert: Pat
 
 def test_bad_inputs_fail_before_writing(tmp_path: Path, tiny_bert: Path) -> None:
     out = tmp_path / "out"
-    with pytest.raises(PipelineError):
+    with pytest.raises(SraError):
         run(tmp_path / "missing.txt", out, tiny_bert)
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(PipelineError):
+    with pytest.raises(SraError):
         run(tmp_path / "empty.txt", out, tiny_bert)
     (tmp_path / "short.txt").write_text("too short.\nhi.\n")
-    with pytest.raises(PipelineError, match="no sentences"):
+    with pytest.raises(SraError, match="no sentences"):
         run(tmp_path / "short.txt", out, tiny_bert)
     assert not out.exists()
     corpus = write_corpus(tmp_path / "c.txt", 10)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(PipelineError, match="is a file"):
+    with pytest.raises(SraError, match="is a file"):
         run(corpus, tmp_path / "file", tiny_bert)
-    with pytest.raises(PipelineError, match="unknown pooling"):
+    with pytest.raises(SraError, match="unknown pooling"):
         run(corpus, out, tiny_bert, poolings=("max",))
 
 
@@ -177,15 +177,15 @@ def test_a_hidden_layer_mean_matches_the_teacher(tmp_path: Path, tiny_bert: Path
     # The last hidden layer is the plain mean; layer 1 is another vector.
     np.testing.assert_allclose(c.vectors(f"mean_layer{layers}", 0), c.vectors("mean", 0))
     assert np.abs(c.vectors("mean_layer1", 0) - c.vectors("mean", 0)).max() > 1e-3
-    with pytest.raises(PipelineError, match=f"has {layers} layers, so mean_layer9 does not exist"):
+    with pytest.raises(SraError, match=f"has {layers} layers, so mean_layer9 does not exist"):
         run(corpus, tmp_path / "deep", tiny_bert, poolings=("mean", "mean_layer9"))
-    with pytest.raises(PipelineError, match="unknown pooling mean_layer"):
+    with pytest.raises(SraError, match="unknown pooling mean_layer"):
         run(corpus, tmp_path / "bad", tiny_bert, poolings=("mean_layer",))
 
 
 def test_pooler_needs_a_trained_pooler(tmp_path: Path, tiny_bert_no_pooler: Path) -> None:
     corpus = write_corpus(tmp_path / "c.txt", 10)
-    with pytest.raises(PipelineError, match="no trained pooler"):
+    with pytest.raises(SraError, match="no trained pooler"):
         run(corpus, tmp_path / "out", tiny_bert_no_pooler, poolings=("mean", "pooler"))
 
 
@@ -196,13 +196,13 @@ def test_decoder_is_not_a_teacher(tmp_path: Path, tiny_bert: Path) -> None:
         tmp_path / "gpt"
     )
     corpus = write_corpus(tmp_path / "c.txt", 10)
-    with pytest.raises(PipelineError, match="not a BERT-style encoder"):
+    with pytest.raises(SraError, match="not a BERT-style encoder"):
         run(corpus, tmp_path / "out", tmp_path / "gpt")
 
 
 def test_unknown_teacher_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     corpus = write_corpus(tmp_path / "c.txt", 10)
-    with pytest.raises(PipelineError, match="cannot load teacher 'nobody/no-such-model'"):
+    with pytest.raises(SraError, match="cannot load teacher 'nobody/no-such-model'"):
         embed(EmbedConfig(corpus=str(corpus), out=tmp_path / "o", teacher="nobody/no-such-model"))
     assert not (tmp_path / "o").exists()

@@ -12,10 +12,10 @@ import pytest
 import safetensors.torch
 from typer.testing import CliRunner
 
+from cache.errors import SraError
 from pipeline.cli import app
-from pipeline.errors import PipelineError
-from pipeline.evaluate import DEFAULT_ROWS as ROWS
-from pipeline.evaluate import EvaluateConfig, evaluate
+from pipeline.tasks.evaluate import DEFAULT_ROWS as ROWS
+from pipeline.tasks.evaluate import EvaluateConfig, evaluate
 from tests.conftest import write_glue
 from tests.student.test_finetune import distil_tiny_student
 
@@ -62,7 +62,7 @@ def test_evaluate_builds_caches_and_prints_every_row(tmp_path, student_run, monk
 def test_cli_bad_input(tmp_path, student_run):
     runner = CliRunner()
     result = runner.invoke(app, ["evaluate", "--student", str(student_run), "--tasks", "nope"])
-    assert result.exit_code != 0 and "unknown GLUE task" in str(result.exception or result.output)
+    assert result.exit_code == 1 and "error: unknown GLUE task" in result.output
     result = runner.invoke(
         app,
         [
@@ -125,5 +125,5 @@ def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run
     safetensors.torch.save_file(
         {k: v + 0.01 for k, v in weights.items()}, other / "model.safetensors"
     )
-    with pytest.raises(PipelineError, match="holds the logits of .* pass another --caches"):
+    with pytest.raises(SraError, match="holds the logits of .* pass another --caches"):
         evaluate(replace(cfg, teachers=other.parent))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cache.errors import SraError
 from cache.tasks import TASKS, dev_splits, get_task, unlabeled_splits
-from pipeline.errors import PipelineError
-from pipeline.glue import Example, describe_task_source, read_split, task_sentences
+from pipeline.tasks.glue import Example, describe_task_source, read_split, task_sentences
 from tests.conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def rows(*lines: str) -> str:
 
 
 def error(task, split: str, glue: Path | None) -> str:
-    with pytest.raises(PipelineError) as info:
+    with pytest.raises(SraError) as info:
         read_split(task, split, glue)
     message = str(info.value)
     assert "\n" not in message
@@ -414,9 +414,9 @@ def test_describe_local_source_survives_a_move_but_not_an_edit(tmp_path: Path) -
 
 
 def test_describe_local_source_errors(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="--glue-dir"):
+    with pytest.raises(SraError, match="--glue-dir"):
         describe_task_source(SST2, tmp_path)
-    with pytest.raises(PipelineError, match="no split 'validation'"):
+    with pytest.raises(SraError, match="no split 'validation'"):
         describe_task_source(SST2, None, splits=["validation"])
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cache import open_cache, verify_cache
-from pipeline.embed import EmbedConfig, embed
+from pipeline.embedding import EmbedConfig, embed
 from pipeline.teacher import resolve_teacher
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cache.errors import SraError
 from pipeline.corpus import CorpusSpec, CorpusStats, Paragraph
-from pipeline.errors import PipelineError
 from pipeline.sentences import (
     Deduper,
     FilterConfig,
@@ -232,7 +232,7 @@ def test_deduper_matches_a_windowed_set_model() -> None:
 
 
 def test_deduper_rejects_tiny_tables() -> None:
-    with pytest.raises(PipelineError, match="dedup slots"):
+    with pytest.raises(SraError, match="dedup slots"):
         Deduper(4)
 
 
@@ -264,7 +264,7 @@ def test_limit_stops_early_and_is_a_prefix(tmp_path: Path) -> None:
 
 def test_negative_limit_is_an_error(tmp_path: Path) -> None:
     corpus = write(tmp_path / "c.txt", "Some text with words in it.\n")
-    with pytest.raises(PipelineError, match="limit"):
+    with pytest.raises(SraError, match="limit"):
         iter_sentences(CorpusSpec(str(corpus)), FilterConfig(), -1, CorpusStats())
 
 
@@ -293,7 +293,7 @@ def test_same_inputs_give_the_same_stream(tmp_path: Path) -> None:
     ],
 )
 def test_bad_filter_config_is_an_error(kwargs: dict) -> None:
-    with pytest.raises(PipelineError):
+    with pytest.raises(SraError):
         FilterConfig(**kwargs)
 
 
@@ -306,7 +306,7 @@ def test_describe_filters_is_json_with_fields_and_splitter() -> None:
 
 
 def test_bad_corpus_fails_at_call_time(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(SraError, match="does not exist"):
         iter_sentences(CorpusSpec(str(tmp_path / "x.txt")), FilterConfig(), None, CorpusStats())
 
 

@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 
 from cache import open_cache
+from cache.errors import SraError
 from cache.task_data import read_examples, read_task
-from pipeline.embed import EmbedConfig, embed
-from pipeline.errors import PipelineError
-from pipeline.task_corpus import load_task_corpus
-from tests.conftest import write_glue
+from pipeline.tasks.corpus import load_task_corpus
+from tests.conftest import embed_any, write_glue
 
 
-def cfg(out: Path, glue: Path, teacher: Path, **kw) -> EmbedConfig:  # type: ignore[no-untyped-def]
+def cfg(out: Path, glue: Path, teacher: Path, **kw) -> dict:  # type: ignore[no-untyped-def]
     base = dict(window=32, progress=False, dtype="fp32", teacher=str(teacher))
-    return EmbedConfig(corpus="glue:sst2", glue_dir=str(glue), out=out, **(base | kw))
+    return dict(corpus="glue:sst2", glue_dir=str(glue), out=out, **(base | kw))
 
 
 def test_unique_texts_unsplit_and_every_split(tmp_path):
@@ -36,14 +35,14 @@ def test_bad_task_input_fails_before_the_teacher(tmp_path, monkeypatch):
     def no_teacher(*a, **k):  # type: ignore[no-untyped-def]
         raise AssertionError("the teacher must not load on bad input")
 
-    monkeypatch.setattr("pipeline.embed.Teacher", no_teacher)
-    with pytest.raises(PipelineError, match="unknown GLUE task"):
-        embed(EmbedConfig(corpus="glue:nope", out=tmp_path / "a", glue_dir=str(glue)))
+    monkeypatch.setattr("pipeline.teacher.Teacher", no_teacher)
+    with pytest.raises(SraError, match="unknown GLUE task"):
+        embed_any(corpus="glue:nope", out=tmp_path / "a", glue_dir=str(glue))
     (glue / "SST-2" / "dev.tsv").unlink()
-    with pytest.raises(PipelineError, match="dev.tsv"):
-        embed(EmbedConfig(corpus="glue:sst2", out=tmp_path / "b", glue_dir=str(glue)))
-    with pytest.raises(PipelineError, match="--limit"):
-        embed(EmbedConfig(corpus="glue:mrpc", out=tmp_path / "c", glue_dir=str(glue), limit=5))
+    with pytest.raises(SraError, match="dev.tsv"):
+        embed_any(corpus="glue:sst2", out=tmp_path / "b", glue_dir=str(glue))
+    with pytest.raises(SraError, match="--limit"):
+        embed_any(corpus="glue:mrpc", out=tmp_path / "c", glue_dir=str(glue), limit=5)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -51,12 +50,12 @@ def test_task_files_resume_and_tampering(tmp_path, tiny_bert, monkeypatch):
     glue = write_glue(tmp_path / "glue", n_train=40, n_dev=10)
     out = tmp_path / "sst2"
     # Killed after the sentences, before the task files: the rerun only writes those.
-    monkeypatch.setattr("pipeline.embed._write_task_files", _die)
+    monkeypatch.setattr("pipeline.tasks.corpus.write_task_files", _die)
     with pytest.raises(KeyboardInterrupt):
-        embed(cfg(out, glue, tiny_bert))
+        embed_any(**cfg(out, glue, tiny_bert))
     monkeypatch.undo()
     assert not (out / "task.json").exists()
-    manifest = embed(cfg(out, glue, tiny_bert))
+    manifest = embed_any(**cfg(out, glue, tiny_bert))
     assert manifest.status == "complete" and {"task.json", "examples-dev.arrow"} <= set(
         manifest.files
     )

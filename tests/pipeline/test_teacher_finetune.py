@@ -10,16 +10,15 @@ import pytest
 import torch
 
 from cache import open_cache
-from cache.errors import CacheError
+from cache.errors import CacheError, SraError
 from cache.task_data import read_examples, read_logits, read_task
-from pipeline.embed import EmbedConfig, embed
-from pipeline.errors import PipelineError
-from pipeline.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+from tests.conftest import embed_any
 
 
-def embed_cfg(out: Path, glue: Path, teacher: Path, task: str, **kw) -> EmbedConfig:  # type: ignore[no-untyped-def]
+def embed_cfg(out: Path, glue: Path, teacher: Path, task: str, **kw) -> dict:  # type: ignore[no-untyped-def]
     base = dict(window=64, progress=False, dtype="fp32", teacher=str(teacher), logits=True)
-    return EmbedConfig(corpus=f"glue:{task}", glue_dir=str(glue), out=out, **(base | kw))
+    return dict(corpus=f"glue:{task}", glue_dir=str(glue), out=out, **(base | kw))
 
 
 def test_teacher_folder_is_a_standard_hf_classifier(tiny_teachers):
@@ -52,12 +51,12 @@ def test_rerun_is_a_no_op_and_a_different_run_is_refused(tiny_teachers, tiny_ber
     before = (tiny_teachers["sst2"] / "model.safetensors").stat().st_mtime_ns
     teacher_finetune(TeacherFinetuneConfig(**base))
     assert (tiny_teachers["sst2"] / "model.safetensors").stat().st_mtime_ns == before
-    with pytest.raises(PipelineError, match="different teacher-finetune run"):
+    with pytest.raises(SraError, match="different teacher-finetune run"):
         teacher_finetune(TeacherFinetuneConfig(**(base | {"lr": 3e-3})))
 
 
 def test_killed_run_resumes_mid_epoch(tmp_path, tiny_bert, tiny_glue, monkeypatch):
-    import pipeline.teacher_finetune as tf
+    import pipeline.tasks.teacher_finetune as tf
 
     kw = dict(task="sst2", out=tmp_path / "t", teacher=str(tiny_bert), glue_dir=str(tiny_glue))
     kw |= dict(epochs=1, batch_size=16, lr=1e-3, bf16=False, progress=False, save_every=4)
@@ -75,7 +74,7 @@ def test_killed_run_resumes_mid_epoch(tmp_path, tiny_bert, tiny_glue, monkeypatc
     monkeypatch.undo()
     state = json.loads((tmp_path / "t" / "checkpoint" / "state.json").read_text())
     assert state["batch"] == 4 and state["epoch"] == 0
-    with pytest.raises(PipelineError, match="--resume"):
+    with pytest.raises(SraError, match="--resume"):
         teacher_finetune(TeacherFinetuneConfig(**kw))
     metrics = teacher_finetune(TeacherFinetuneConfig(**kw, resume=True))
     assert metrics["epochs_run"] == 1 and (tmp_path / "t" / "model.safetensors").is_file()
@@ -85,7 +84,7 @@ def test_cached_logits_match_the_teacher_on_joint_pairs(tmp_path, tiny_teachers,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = tiny_teachers["mrpc"]
-    embed(embed_cfg(tmp_path / "c", tiny_glue, folder, "mrpc"))
+    embed_any(**embed_cfg(tmp_path / "c", tiny_glue, folder, "mrpc"))
     cache = open_cache(tmp_path / "c")
     info = read_task(cache)
     assert info.logits is not None and info.logits["finetuning_task"] == "mrpc"
@@ -105,19 +104,19 @@ def test_cached_logits_match_the_teacher_on_joint_pairs(tmp_path, tiny_teachers,
 
 
 def test_logits_need_a_matching_classification_head(tmp_path, tiny_bert, tiny_teachers, tiny_glue):
-    with pytest.raises(PipelineError, match="no trained classification head"):
-        embed(embed_cfg(tmp_path / "a", tiny_glue, tiny_bert, "sst2"))
-    with pytest.raises(PipelineError, match="1 output labels but sst2 has 2"):
-        embed(embed_cfg(tmp_path / "b", tiny_glue, tiny_teachers["stsb"], "sst2"))
-    with pytest.raises(PipelineError, match="fine-tuned on 'mrpc', not sst2"):
-        embed(embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["mrpc"], "sst2"))
-    with pytest.raises(PipelineError, match="glue:TASK"):
-        embed(EmbedConfig(corpus="x.txt", out=tmp_path / "d", logits=True))
+    with pytest.raises(SraError, match="no trained classification head"):
+        embed_any(**embed_cfg(tmp_path / "a", tiny_glue, tiny_bert, "sst2"))
+    with pytest.raises(SraError, match="1 output labels but sst2 has 2"):
+        embed_any(**embed_cfg(tmp_path / "b", tiny_glue, tiny_teachers["stsb"], "sst2"))
+    with pytest.raises(SraError, match="fine-tuned on 'mrpc', not sst2"):
+        embed_any(**embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["mrpc"], "sst2"))
+    with pytest.raises(SraError, match="glue:TASK"):
+        embed_any(corpus="x.txt", out=tmp_path / "d", logits=True)
     assert not any((tmp_path / n).exists() for n in "abcd")
 
 
 def test_cache_whose_logits_came_from_another_task_is_refused(tmp_path, tiny_teachers, tiny_glue):
-    embed(embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["sst2"], "sst2"))
+    embed_any(**embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["sst2"], "sst2"))
     cache = tmp_path / "c"
     task_json = Path(cache) / "task.json"
     info = json.loads(task_json.read_text())
@@ -136,9 +135,9 @@ def test_cache_whose_logits_came_from_another_task_is_refused(tmp_path, tiny_tea
 def test_killed_during_logits_resumes_without_redoing_done_splits(
     tmp_path, tiny_teachers, tiny_glue, monkeypatch
 ):
-    import pipeline.embed as embed_mod
+    import pipeline.tasks.logits as logits_mod
 
-    real, seen = embed_mod._logits, []
+    real, seen = logits_mod.example_logits, []
 
     def die_on_second(teacher, examples, budget):  # type: ignore[no-untyped-def]
         seen.append(len(examples))
@@ -146,13 +145,13 @@ def test_killed_during_logits_resumes_without_redoing_done_splits(
             raise KeyboardInterrupt
         return real(teacher, examples, budget)
 
-    monkeypatch.setattr(embed_mod, "_logits", die_on_second)
+    monkeypatch.setattr(logits_mod, "example_logits", die_on_second)
     cfg = embed_cfg(tmp_path / "c", tiny_glue, tiny_teachers["sst2"], "sst2")
     with pytest.raises(KeyboardInterrupt):
-        embed(cfg)
+        embed_any(**cfg)
     assert not (tmp_path / "c" / "task.json").exists()  # task.json is written last
     seen.clear()
-    manifest = embed(cfg)
+    manifest = embed_any(**cfg)
     assert manifest.status == "complete" and seen == [40]  # only dev was left to do
     assert read_logits(open_cache(tmp_path / "c"), "train").shape == (160, 2)
 
@@ -216,7 +215,7 @@ def test_a_teacher_finetuned_on_another_task_keeps_its_encoder_but_not_its_head(
     from transformers import AutoModelForSequenceClassification
 
     from cache.tasks import get_task
-    from pipeline.teacher_finetune import _load_model
+    from pipeline.tasks.teacher_finetune import _load_model
 
     source = AutoModelForSequenceClassification.from_pretrained(tiny_teachers["sst2"])
 

@@ -36,7 +36,7 @@ def make_cache(
 ) -> Path:
     """A real stage-one cache of n sentences from the tiny random BERT (fp32, < 1 s); of
     ``lines`` instead of the shared random-word corpus when given."""
-    from pipeline.embed import EmbedConfig, embed
+    from pipeline.embedding import EmbedConfig, embed
 
     root.mkdir(parents=True, exist_ok=True)
     if lines is None:

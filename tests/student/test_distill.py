@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from cache import CacheError, open_cache
 from cache.task_data import AUGMENTED, read_task
-from pipeline.augment import AugmentConfig
-from pipeline.embed import EmbedConfig, embed
-from student import StudentError
+from pipeline.tasks.augment import AugmentConfig
+from student import SraError
 from student.encoder import StudentEncoder
 from student.finetune import finetune
 from student.task_data import Examples, load_sentences
 from student.task_model import distill_loss
+from tests.conftest import embed_any
 from tests.student.test_finetune import make_small_student, tiny
 
 
@@ -28,8 +28,8 @@ def ft_caches(tmp_path_factory, tiny_teachers, tiny_glue) -> dict[str, Path]:  #
     out = {}
     for task, copies in (("sst2", 2), ("stsb", 1)):
         out[task] = root / task
-        embed(
-            EmbedConfig(
+        embed_any(
+            **dict(
                 corpus=f"glue:{task}",
                 glue_dir=str(tiny_glue),
                 out=out[task],
@@ -177,7 +177,7 @@ def test_bad_distillation_options(tmp_path, ft_caches, small_student, tiny_bert,
     ]
     for kw, message in bad:
         task = kw.pop("task", "sst2")
-        with pytest.raises(StudentError, match=message):
+        with pytest.raises(SraError, match=message):
             finetune(tiny(str(small_student), task, ft_caches[task], tmp_path / "b", **kw))
     assert not (tmp_path / "b").exists()
 

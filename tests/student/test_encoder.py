@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 import student.encoder as encoder_module
-from student import BiLSTMEncoder, StudentConfig, StudentEncoder, StudentError
+from student import BiLSTMEncoder, SraError, StudentConfig, StudentEncoder
 from tests.student.conftest import SENTENCES, WORDS, build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -182,12 +182,12 @@ def test_save_into_an_existing_folder_replaces_files_and_keeps_others(tiny_confi
     np.testing.assert_array_equal(
         StudentEncoder.from_pretrained(saved).encode(SENTENCES), replacement.encode(SENTENCES)
     )
-    with pytest.raises(StudentError, match="notes.txt"):
+    with pytest.raises(SraError, match="notes.txt"):
         replacement.save_pretrained(saved / "notes.txt")
 
 
 def _one_line_error(folder: Path, *names: str) -> str:
-    with pytest.raises(StudentError) as info:
+    with pytest.raises(SraError) as info:
         StudentEncoder.from_pretrained(folder)
     message = str(info.value)
     assert "\n" not in message

@@ -12,19 +12,18 @@ from tokenizers import Tokenizer
 
 from cache import open_cache
 from cache.task_data import read_examples
-from student import StudentError
+from student import SraError
 from student.finetune import FinetuneConfig, finetune
 from student.train import TrainConfig, train
-from tests.conftest import write_glue
+from tests.conftest import embed_any, write_glue
 from tests.student.test_data import make_cache
 
 
 def make_task_cache(root: Path, teacher: Path, task: str, glue: Path) -> Path:
-    from pipeline.embed import EmbedConfig, embed
 
     out = root / f"{task}-cache"
-    embed(
-        EmbedConfig(
+    embed_any(
+        **dict(
             corpus=f"glue:{task}",
             glue_dir=str(glue),
             out=out,
@@ -179,7 +178,7 @@ def test_encoder_lr_sets_the_encoders_rate_apart_from_the_heads(tmp_path, caches
     assert moved("slow", encoder_lr=1e-9) < 1e-6  # the head learns, the encoder barely moves
     run = json.loads((tmp_path / "same" / "finetune.json").read_text())
     assert "encoder_lr" not in json.dumps(run)  # unset: runs from before the option keep their id
-    with pytest.raises(StudentError, match="--encoder-lr must be a positive number"):
+    with pytest.raises(SraError, match="--encoder-lr must be a positive number"):
         finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "x", encoder_lr=0))
 
 
@@ -214,7 +213,7 @@ def test_rerun_is_a_no_op_and_resume_continues(tmp_path, caches, fresh_student):
     cfg3 = tiny(str(fresh), "sst2", caches["sst2"], tmp_path / "r3", epochs=3, select="last")
     full = finetune(cfg3)
     (tmp_path / "r3" / "metrics.json").unlink()
-    with pytest.raises(StudentError, match="--resume"):
+    with pytest.raises(SraError, match="--resume"):
         finetune(tiny(str(fresh), "sst2", caches["sst2"], tmp_path / "r3", epochs=3, select="last"))
     again = finetune(
         tiny(
@@ -237,24 +236,24 @@ def test_bad_input(tmp_path, caches, fresh_student, tiny_bert):
         )
         return finetune(tiny(**(base | kw)))
 
-    with pytest.raises(StudentError, match="unknown GLUE task"):
+    with pytest.raises(SraError, match="unknown GLUE task"):
         run(task="nope")
-    with pytest.raises(StudentError, match="holds mrpc"):
+    with pytest.raises(SraError, match="holds mrpc"):
         run(cache=caches["mrpc"])
     wiki = make_cache(tmp_path / "wiki", tiny_bert, n=50)
     with pytest.raises(Exception, match="not a task cache"):
         run(cache=wiki)
     not_a_student = tmp_path / "empty"
     not_a_student.mkdir()
-    with pytest.raises(StudentError, match="config.json is missing"):
+    with pytest.raises(SraError, match="config.json is missing"):
         run(student=str(not_a_student))
-    with pytest.raises(StudentError, match="sra-weight"):
+    with pytest.raises(SraError, match="sra-weight"):
         run(student="teacher", sra_weight=1.0)
     finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=1))
-    with pytest.raises(StudentError, match="different finetune run"):
+    with pytest.raises(SraError, match="different finetune run"):
         finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=2))
     (tmp_path / "other" / "finetune.json").write_bytes(b"\xff{not json")
-    with pytest.raises(StudentError, match="unreadable"):
+    with pytest.raises(SraError, match="unreadable"):
         finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=1))
 
 
@@ -298,5 +297,5 @@ def test_a_two_column_student_fine_tunes_and_its_sra_loss_needs_both_columns(tmp
     student = str(tmp_path / "student")
     metrics = finetune(tiny(student, "sst2", caches["sst2"], tmp_path / "ft", epochs=1))
     assert 0 <= metrics["accuracy"] <= 1
-    with pytest.raises(StudentError, match="pass --pooling mean,mean_layer1 with a task cache"):
+    with pytest.raises(SraError, match="pass --pooling mean,mean_layer1 with a task cache"):
         finetune(tiny(student, "sst2", caches["sst2"], tmp_path / "sra", epochs=1, sra_weight=1))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cache import open_cache
-from student import StudentEncoder, StudentError
+from student import SraError, StudentEncoder
 from student.config import StudentConfig
 from student.lm import BiLMHead, StudentWithLM, sampling_distribution, unigram_counts
 from student.model import BiLSTMEncoder
@@ -152,7 +152,7 @@ def _keys(path: Path) -> list[str]:
     ],
 )
 def test_refusals(tmp_path, cache_dir, opts, message):
-    with pytest.raises(StudentError, match=message):
+    with pytest.raises(SraError, match=message):
         train(TrainConfig(cache=cache_dir, out=tmp_path / "run", **opts))
     assert not (tmp_path / "run").exists()
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from student import StudentEncoder, StudentError
+from student import SraError, StudentEncoder
 from student.config import StudentConfig
 from student.model import BiLSTMEncoder
 from student.realfake import (
@@ -218,6 +218,6 @@ def test_resume_with_rf_gives_the_same_weights(tmp_path, cache_dir, monkeypatch)
     ],
 )
 def test_refusals(tmp_path, cache_dir, opts, message):
-    with pytest.raises(StudentError, match=message):
+    with pytest.raises(SraError, match=message):
         train(TrainConfig(cache=cache_dir, out=tmp_path / "run", **opts))
     assert not (tmp_path / "run").exists()

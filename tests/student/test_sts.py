@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from pipeline.cli_train import register
-from student import StudentError
+from pipeline.cli import app as cli_app
+from student import SraError
 from student.sts import average_ranks, evaluate_sts, pearson, read_pairs, spearman
 from student.train import train
 from tests.conftest import SHARED_DATA
@@ -62,10 +61,10 @@ def test_read_pairs_sts_b_format_keeps_raw_quotes(tmp_path):
 def test_read_pairs_refuses_without_the_columns(tmp_path):
     path = tmp_path / "bad.tsv"
     path.write_text("a\tb\tc\n1\t2\t3\n")
-    with pytest.raises(StudentError, match="no sentence1, sentence2, score column") as info:
+    with pytest.raises(SraError, match="no sentence1, sentence2, score column") as info:
         read_pairs(path)
     assert "\n" not in str(info.value)
-    with pytest.raises(StudentError, match="cannot read"):
+    with pytest.raises(SraError, match="cannot read"):
         read_pairs(tmp_path / "missing.tsv")
 
 
@@ -97,7 +96,7 @@ def test_student_and_cached_teacher_scores(tmp_path, tiny_bert):
     corpus = tmp_path / "sts.txt"
     # One sentence is left out of the teacher cache: its pairs cannot be scored for the teacher.
     corpus.write_text("\n".join(sentences[1:]) + "\n")
-    from pipeline.embed import EmbedConfig, embed
+    from pipeline.embedding import EmbedConfig, embed
 
     teacher_cache = tmp_path / "teacher-cache"
     embed(
@@ -124,8 +123,7 @@ def test_student_and_cached_teacher_scores(tmp_path, tiny_bert):
         assert -1 <= row["spearman"] <= 1 and -1 <= row["pearson"] <= 1
 
     # The command: a table on stdout, the same numbers in --json.
-    app = typer.Typer()
-    register(app)
+    app = cli_app
     args = ["eval-sts", "--student", str(run), "--data", str(tsv)]
     args += ["--teacher-cache", str(teacher_cache), "--json", str(tmp_path / "r.json")]
     out = CliRunner().invoke(app, args)
@@ -143,8 +141,7 @@ def test_student_and_cached_teacher_scores(tmp_path, tiny_bert):
 
 
 def test_eval_sts_bad_student_is_one_line(tmp_path: Path):
-    app = typer.Typer()
-    register(app)
+    app = cli_app
     tsv = tmp_path / "p.tsv"
     tsv.write_text("sentence1\tsentence2\tscore\na\tb\t1\nc\td\t2\n")
     out = CliRunner().invoke(

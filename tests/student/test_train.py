@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 from cache import CacheError, open_cache
-from student import StudentEncoder, StudentError
+from student import SraError, StudentEncoder
 from student.data import DataConfig, compute_split, validation_batches
 from student.train import TrainConfig, train
 from tests.conftest import REPO
@@ -117,7 +117,7 @@ def test_train_learns_saves_and_encodes(tmp_path, cache_dir):
         assert torch.equal(tensor, again.model.state_dict()[name]), name
 
     # Same config again: already finished. --resume: nothing to do. --overwrite: trains again.
-    with pytest.raises(StudentError, match="already holds a finished run"):
+    with pytest.raises(SraError, match="already holds a finished run"):
         train(tiny(cache_dir, run, epochs=3))
     before = (run / "model.safetensors").stat().st_mtime_ns
     train(tiny(cache_dir, run, epochs=3, resume=True))
@@ -188,7 +188,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, cache_dir, worker
     assert any(p.name.startswith(".step-000000021") for p in (out / "checkpoint").iterdir())
     assert not (out / "model.safetensors").exists()
 
-    with pytest.raises(StudentError, match="--resume"):
+    with pytest.raises(SraError, match="--resume"):
         train(tiny(cache_dir, out, **opts))
     train(tiny(cache_dir, out, resume=True, **opts))
 
@@ -201,9 +201,9 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, cache_dir, worker
 def test_refuses_other_runs_and_folders(tmp_path, cache_dir):
     run = tmp_path / "run"
     train(tiny(cache_dir, run, max_steps=2))
-    with pytest.raises(StudentError, match=r"different run \(differs in: optim\.lr\)"):
+    with pytest.raises(SraError, match=r"different run \(differs in: optim\.lr\)"):
         train(tiny(cache_dir, run, max_steps=2, lr=0.5))
-    with pytest.raises(StudentError, match="cannot --resume.*differs in: data.batch_size"):
+    with pytest.raises(SraError, match="cannot --resume.*differs in: data.batch_size"):
         train(tiny(cache_dir, run, max_steps=2, batch_size=16, resume=True))
     train(tiny(cache_dir, run, max_steps=2, lr=0.5, overwrite=True))
     assert json.loads((run / "run.json").read_text())["config"]["optim"]["lr"] == 0.5
@@ -212,14 +212,14 @@ def test_refuses_other_runs_and_folders(tmp_path, cache_dir):
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     for overwrite in (False, True):
-        with pytest.raises(StudentError, match="not a training run"):
+        with pytest.raises(SraError, match="not a training run"):
             train(tiny(cache_dir, other, max_steps=2, overwrite=overwrite))
     assert (other / "notes.txt").read_text() == "mine"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache_dir):
     run = tmp_path / "run"
-    with pytest.raises(StudentError, match=r"non-finite loss .* at step 2\b") as info:
+    with pytest.raises(SraError, match=r"non-finite loss .* at step 2\b") as info:
         train(tiny(cache_dir, run, max_steps=5, lr=1e30, warmup=0.0, checkpoint_every=1))
     message = str(info.value)
     assert "\n" not in message and "checkpoint (step 1) is kept" in message

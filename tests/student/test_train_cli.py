@@ -17,7 +17,6 @@ import typer
 from typer.testing import CliRunner
 
 from cache import CacheWriter, open_cache
-from pipeline.cli_train import register
 from student import StudentEncoder
 from student.data import DataConfig, compute_split
 from tests.conftest import REPO
@@ -34,8 +33,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from pipeline.cli import app
+
     return app
 
 
@@ -52,18 +51,8 @@ def error_line(result) -> str:  # type: ignore[no-untyped-def]
 
 
 def pipeline_command(tmp_path: Path) -> list[str]:
-    """`python -m pipeline` once the commands are registered there; until then an equivalent
-    script that registers them on a fresh app."""
-    from pipeline import cli
-
-    if any(c.name == "train" for c in cli.app.registered_commands):
-        return ["-m", "pipeline"]
-    script = tmp_path / "pipeline_cli.py"
-    script.write_text(
-        "import typer\nfrom pipeline.cli_train import register\n"
-        "app = typer.Typer(pretty_exceptions_enable=False)\nregister(app)\napp()\n"
-    )
-    return [str(script)]
+    """The arguments that run the `pipeline` command with this interpreter."""
+    return ["-m", "pipeline"]
 
 
 def test_help_has_examples(app):
@@ -167,7 +156,7 @@ def test_train_and_encode_without_transformers(cache_dir, tmp_path):
         f"""
         import sys
         from student import StudentEncoder
-        import pipeline.cli, pipeline.cli_train  # the CLI modules import no teacher either
+        import pipeline.cli, pipeline.cli.stage_two  # the CLI modules import no teacher either
         vecs = StudentEncoder.from_pretrained({str(run)!r}).encode(["A cat sat.", "A dog ran."])
         assert vecs.shape == (2, 32), vecs.shape
         assert "transformers" not in sys.modules

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from cache import open_cache
+from cache.errors import SraError
 from pipeline.corpus import WIKI_DUMP_ENV
-from pipeline.errors import PipelineError
 from pipeline.teacher import Teacher, resolve_teacher
 
 
@@ -33,14 +33,14 @@ def bench_embed(
 ) -> dict[str, Any]:
     dump = wiki_dump or os.environ.get(WIKI_DUMP_ENV)
     if not dump or not Path(dump).exists():
-        raise PipelineError(
+        raise SraError(
             f"the benchmark needs a local WikiExtractor dump; pass --wiki-dump PATH "
             f"(e.g. ../shared/data/wiki/enwiki_2015_wikiextractor_AA-AB.txt.gz), got {dump!r}"
         )
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise PipelineError(
+        raise SraError(
             "the benchmark compares against sentence-transformers: pip install -e '.[bench]'"
         ) from None
     workdir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +165,7 @@ def _run_embed(args: list[str]) -> tuple[float, int]:
             time.sleep(0.05)
     err = proc.stderr.read() if proc.stderr else ""
     if proc.returncode != 0:
-        raise PipelineError(f"pipeline embed failed in the benchmark: {err.strip()[-300:]}")
+        raise SraError(f"pipeline embed failed in the benchmark: {err.strip()[-300:]}")
     return time.perf_counter() - t0, peak // 1024
 
 
@@ -203,7 +203,7 @@ def _forward_only(cache: Any, teacher_cfg: dict[str, Any], compile: bool = False
     `compile`), so this is the teacher's steady speed.
     """
     from cache.schema import schema_from_manifest
-    from pipeline.embed import _encode_window
+    from pipeline.embedding import encode_window
     from pipeline.reader import Window
 
     teacher = Teacher(
@@ -213,7 +213,7 @@ def _forward_only(cache: Any, teacher_cfg: dict[str, Any], compile: bool = False
     ids = [x for s in cache.shards for x in cache.read_shard(s, ["input_ids"])[0].to_pylist()]
     texts = [""] * len(ids)
     window = Window(0, 0, texts, texts, ids, [False] * len(ids))
-    _encode_window(
+    encode_window(
         Window(0, 0, texts[:256], texts[:256], ids[:256], [False] * 256),
         teacher,
         4096,
@@ -221,7 +221,7 @@ def _forward_only(cache: Any, teacher_cfg: dict[str, Any], compile: bool = False
         schema,
     )  # warm-up
     t0 = time.perf_counter()
-    _encode_window(window, teacher, 4096, False, schema)
+    encode_window(window, teacher, 4096, False, schema)
     return time.perf_counter() - t0
 
 
@@ -282,7 +282,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _machine() -> str:
-    from pipeline.bench_student import cpu_name
+    from pipeline.bench.machine import cpu_name
 
     cpu = cpu_name()
     threads = torch.get_num_threads()

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cache.errors import SraError
 from cache.tasks import HUB_DATASET, STSB_MAX, STSB_MIN, TaskSpec, unlabeled_splits
-from pipeline.errors import PipelineError
 
 _GLUE_DIR_HINT = "--glue-dir must point at the folder holding SST-2/, MRPC/, CoLA/, ..."
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -118,7 +118,7 @@ def read_split(task: TaskSpec, split: str, glue_dir: Path | None) -> list[Exampl
 
     With `glue_dir`, read `glue_dir/<task.folder>/<split file>` (original GLUE TSV);
     without it, load the split of `nyu-mll/glue` with `datasets`. Bad input raises a
-    one-line PipelineError naming the file and line.
+    one-line SraError naming the file and line.
     """
     _check_split(task, split)
     if glue_dir is None:
@@ -175,28 +175,28 @@ def describe_task_source(
 
 def _check_split(task: TaskSpec, split: str) -> None:
     if split not in task.splits:
-        raise PipelineError(
+        raise SraError(
             f"GLUE task {task.name} has no split {split!r}; use one of {', '.join(task.splits)}"
         )
 
 
 def _split_path(task: TaskSpec, split: str, glue_dir: Path) -> Path:
-    """The split's TSV file, or a PipelineError saying which part of the path is wrong."""
+    """The split's TSV file, or a SraError saying which part of the path is wrong."""
     folder = glue_dir / task.folder
     path = folder / task.splits[split]
     if path.is_file():
         return path
     if not glue_dir.is_dir():
-        raise PipelineError(f"GLUE folder {glue_dir} does not exist; {_GLUE_DIR_HINT}")
+        raise SraError(f"GLUE folder {glue_dir} does not exist; {_GLUE_DIR_HINT}")
     if not folder.is_dir():
         hint = ""
         if glue_dir.name.lower() == task.folder.lower() or (glue_dir / path.name).is_file():
             hint = f" ({glue_dir} looks like the {task.folder} folder itself: pass its parent)"
-        raise PipelineError(
+        raise SraError(
             f"GLUE folder {glue_dir} has no {task.folder}/ subfolder for task {task.name}"
             f"{hint}; {_GLUE_DIR_HINT}"
         )
-    raise PipelineError(
+    raise SraError(
         f"{path} not found: task {task.name} split {split!r} needs {task.folder}/{path.name}; "
         f"{_GLUE_DIR_HINT} with the original GLUE files, or drop --glue-dir to use the hub"
     )
@@ -244,7 +244,7 @@ def _read_tsv(task: TaskSpec, split: str, path: Path) -> list[Example]:
     for lineno, fields in lines:
         where = f"{path}:{lineno}"
         if len(fields) < need or (exact is not None and len(fields) > exact):
-            raise PipelineError(
+            raise SraError(
                 f"{where}: row has {len(fields)} tab-separated fields, expected "
                 f"{exact if exact is not None else f'at least {need}'} ({', '.join(header)}); "
                 "fix that row (a text must not contain a tab) or use the original GLUE file"
@@ -266,7 +266,7 @@ def _iter_fields(path: Path) -> Iterator[tuple[int, list[str]]]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise PipelineError(
+                raise SraError(
                     f"{path}:{lineno}: bytes that are not UTF-8 (at byte {exc.start + 1} of the "
                     "line); re-save the file as UTF-8 or use the original GLUE file"
                 ) from None
@@ -275,9 +275,9 @@ def _iter_fields(path: Path) -> Iterator[tuple[int, list[str]]]:
                 yield lineno, line.split("\t")
 
 
-def _empty(path: Path, header_only: bool = False) -> PipelineError:
+def _empty(path: Path, header_only: bool = False) -> SraError:
     what = "has a header but no rows" if header_only else "is empty"
-    return PipelineError(f"{path} {what}; replace it with the complete original GLUE file")
+    return SraError(f"{path} {what}; replace it with the complete original GLUE file")
 
 
 def _column_positions(header: Sequence[str], layout: _Layout, path: Path) -> dict[str, int]:
@@ -290,7 +290,7 @@ def _column_positions(header: Sequence[str], layout: _Layout, path: Path) -> dic
     names = [name.strip() for name in header]
     missing = [col for col in wanted.values() if col is not None and col not in names]
     if missing:
-        raise PipelineError(
+        raise SraError(
             f"{path}:1: header lacks column(s) {', '.join(map(repr, missing))} (it has: "
             f"{', '.join(map(repr, names))}); use the original GLUE file for this task and split"
         )
@@ -325,7 +325,7 @@ def _parse_label(task: TaskSpec, raw: str, where: str) -> float | int:
     allowed = [str(i) for i in range(len(task.labels))] if numeric else list(task.labels)
     if value in allowed:
         return allowed.index(value)
-    raise PipelineError(
+    raise SraError(
         f"{where}: label {value!r} is not one of {', '.join(allowed)} for task {task.name}; "
         "fix that row or use the original GLUE file"
     )
@@ -337,7 +337,7 @@ def _parse_score(value: str, where: str) -> float:
     except ValueError:
         score = math.nan
     if not STSB_MIN <= score <= STSB_MAX:  # also rejects nan
-        raise PipelineError(
+        raise SraError(
             f"{where}: STS-B score {value!r} is not a number in [{STSB_MIN:g}, {STSB_MAX:g}]; "
             "fix that row or use the original GLUE file"
         )
@@ -348,7 +348,7 @@ def _parse_int(value: str, where: str, what: str) -> int:
     try:
         return int(value.strip())
     except ValueError:
-        raise PipelineError(
+        raise SraError(
             f"{where}: {what} holds {value!r}, not an integer; fix that row or use the original "
             "GLUE file"
         ) from None
@@ -407,12 +407,10 @@ def _hub_label(task: TaskSpec, value: Any, where: str) -> float | int | None:
     if task.labels is None:
         score = float(value)
         if not STSB_MIN <= score <= STSB_MAX:
-            raise PipelineError(f"{where}: STS-B score {value!r} is outside [0, 5]")
+            raise SraError(f"{where}: STS-B score {value!r} is outside [0, 5]")
         return score
     if value not in range(len(task.labels)):
-        raise PipelineError(
-            f"{where}: label {value!r} is not a class index below {len(task.labels)}"
-        )
+        raise SraError(f"{where}: label {value!r} is not a class index below {len(task.labels)}")
     return int(value)
 
 
@@ -420,8 +418,8 @@ def _hub_offline() -> bool:
     return any(os.environ.get(var, "").strip().upper() in _OFFLINE_VALUES for var in _OFFLINE_VARS)
 
 
-def _hub_error(task: TaskSpec, hub_split: str, reason: str) -> PipelineError:
-    return PipelineError(
+def _hub_error(task: TaskSpec, hub_split: str, reason: str) -> SraError:
+    return SraError(
         f"cannot load {HUB_DATASET} config {task.hub_config} split {hub_split} from the "
         f"Hugging Face Hub ({reason}); pass --glue-dir PATH to a folder holding the original "
         "GLUE files (SST-2/, MRPC/, ...), or connect to the internet"

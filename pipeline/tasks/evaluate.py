@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from cache import CacheError, open_cache
+from cache.errors import SraError
 from cache.task_data import TASK_NAME, read_task
 from cache.tasks import TaskSpec, get_task
-from pipeline.errors import PipelineError
 
 ROWS: dict[str, str] = {
     "sra": "SRA student, fine-tuned",
@@ -85,10 +85,10 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     try:
         tasks = [get_task(t) for t in cfg.tasks]
     except ValueError as e:
-        raise PipelineError(str(e)) from None
+        raise SraError(str(e)) from None
     unknown = [r for r in cfg.rows if r not in ROWS]
     if unknown or cfg.seeds < 1:
-        raise PipelineError(
+        raise SraError(
             f"--rows takes {', '.join(ROWS)} (got {', '.join(unknown) or 'none'}); --seeds >= 1"
         )
     teacher = StudentEncoder.from_pretrained(cfg.student).config.teacher
@@ -173,18 +173,19 @@ def _task_cache(task: TaskSpec, teacher: str, cfg: EvaluateConfig) -> Path:
                 return candidate.parent
         except CacheError:
             continue
-    from pipeline.embed import EmbedConfig, embed
+    from pipeline.embedding import EmbedConfig
+    from pipeline.tasks.corpus import TaskOptions, embed_task
 
     out = cfg.caches / f"{task.name}-{_slug(teacher)}"
     print(f"building the task cache {out} (stage one, teacher {teacher})", file=sys.stderr)
-    embed(
+    embed_task(
         EmbedConfig(
             corpus=f"glue:{task.name}",
             out=out,
-            glue_dir=cfg.glue_dir,
             teacher=teacher or None,  # the default name resolves to the packaged copy
             progress=cfg.progress,
-        )
+        ),
+        TaskOptions(glue_dir=cfg.glue_dir),
     )
     return out
 
@@ -199,10 +200,11 @@ def augment_copies(train_examples: int, augment: int | None) -> int:
 def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateConfig) -> Path:
     """The task cache of a teacher fine-tuned on the task: its logits on train, dev and the
     augmented examples. The fine-tuned teacher is made first when --teachers lacks it."""
-    from pipeline.augment import AugmentConfig
-    from pipeline.embed import EmbedConfig, embed
-    from pipeline.teacher import _weights_sha256
-    from pipeline.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+    from pipeline.embedding import EmbedConfig
+    from pipeline.tasks.augment import AugmentConfig
+    from pipeline.tasks.corpus import TaskOptions, embed_task
+    from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+    from pipeline.teacher import weights_sha256
 
     folder = cfg.teachers / f"{task.name}-{_slug(teacher)}"
     if not (folder / "metrics.json").is_file():
@@ -230,8 +232,8 @@ def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateCon
         # the same name (teachers/rte-minilm, teachers/stilts-stsb/rte-minilm) meet here, so
         # the weights decide.
         made_by = found.manifest.config.get("teacher", {})
-        if made_by.get("weights_sha256") != _weights_sha256(str(folder)):
-            raise PipelineError(
+        if made_by.get("weights_sha256") != weights_sha256(str(folder)):
+            raise SraError(
                 f"{out} holds the logits of {made_by.get('name', 'another teacher')}, not "
                 f"{folder}: pass another --caches for this teacher (or delete that cache)"
             )
@@ -240,16 +242,11 @@ def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateCon
         f"building the task cache {out} (logits of {folder}, {copies} augmented per example)",
         file=sys.stderr,
     )
-    embed(
+    embed_task(
         EmbedConfig(
-            corpus=f"glue:{task.name}",
-            out=out,
-            glue_dir=cfg.glue_dir,
-            teacher=str(folder),
-            logits=True,
-            augment=AugmentConfig(copies=copies),
-            progress=cfg.progress,
-        )
+            corpus=f"glue:{task.name}", out=out, teacher=str(folder), progress=cfg.progress
+        ),
+        TaskOptions(glue_dir=cfg.glue_dir, logits=True, augment=AugmentConfig(copies=copies)),
     )
     return out
 

@@ -1,6 +1,6 @@
 """Stage-two commands: `pipeline train`, `pipeline report`, `pipeline eval-sts`.
 
-Plain typer-annotated functions, registered on the main app by `register(app)`. Everything
+Plain typer-annotated functions, registered on the main app below. Everything
 heavy is imported inside the commands, and nothing here (or in `student/`) imports
 `transformers`: stage two runs without the teacher.
 """
@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
-from cache import CacheError
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Bad input ends as one `error:` line and exit status 1, as in the other commands."""
-    from student.errors import StudentError
-
-    try:
-        yield
-    except (StudentError, CacheError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        raise typer.Exit(1) from None
+from pipeline.cli import command
 
 
 def train(
@@ -132,16 +119,14 @@ def train(
         overwrite=overwrite,
         progress=progress,
     )
-    with _one_line_errors():
-        run_train(cfg)
+    run_train(cfg)
 
 
 def report(run: Path = typer.Argument(..., help="Run folder written by pipeline train.")) -> None:
     """Plot training loss and validation fidelity; write RUN/report.md."""
     from student.report import write_report
 
-    with _one_line_errors():
-        path = write_report(run)
+    path = write_report(run)
     print(path)
 
 
@@ -163,10 +148,9 @@ def eval_sts(
 
     from student.sts import evaluate_sts
 
-    with _one_line_errors():
-        result = evaluate_sts(
-            student, data, teacher_cache=teacher_cache, pooling=pooling, batch_size=batch_size
-        )
+    result = evaluate_sts(
+        student, data, teacher_cache=teacher_cache, pooling=pooling, batch_size=batch_size
+    )
     table = Table(title=f"{data.name}: {result['pairs']:,} pairs")
     for name in ("model", "pairs", "spearman", "pearson"):
         table.add_column(name, justify="left" if name == "model" else "right")
@@ -194,7 +178,5 @@ COMMANDS: list[tuple[str, Callable[..., None], str]] = [
 ]
 
 
-def register(app: typer.Typer) -> None:
-    """Add the stage-two commands to the `pipeline` app."""
-    for name, fn, epilog in COMMANDS:
-        app.command(name, epilog=epilog)(fn)
+for _name, _fn, _epilog in COMMANDS:
+    command(_name, epilog=_epilog)(_fn)

@@ -19,56 +19,109 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from cache import CacheWriter, Manifest, merge_rank_manifests, sentence_schema
+from cache.errors import SraError
 from cache.manifest import EMBEDDINGS_NAME, TOKENIZER_NAME
-from cache.task_data import TASK_NAME, logits_bytes, logits_name
-from cache.tasks import same_task
-from pipeline.augment import AugmentConfig, Neighbours, augment_examples
+from cache.options import nested, option
 from pipeline.corpus import CorpusSpec, CorpusStats, describe_corpus
-from pipeline.errors import PipelineError
-from pipeline.glue import Example
 from pipeline.progress import EmbedProgress
 from pipeline.reader import ReadPlan, Window, read_windows
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
-from pipeline.task_corpus import TaskCorpus, is_task_corpus, load_task_corpus
-from pipeline.teacher import Teacher, budget_batches
+
+if TYPE_CHECKING:  # the teacher (torch, transformers) loads only when embed() runs, so
+    # that commands which only read this module's config start fast
+    from pipeline.teacher import Teacher
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbedConfig:
-    """Everything `pipeline embed` takes; the CLI is a thin layer over this."""
+    """Everything `pipeline embed` takes; its fields are the command's options."""
 
-    corpus: str
-    out: Path
-    wiki_dump: str | None = None
-    glue_dir: str | None = None  # original GLUE TSVs for glue:TASK corpora; None: the hub
-    split: str = "train"
-    text_field: str = "text"
-    teacher: str | None = None
-    poolings: tuple[str, ...] = ("mean",)
-    max_length: int = 128
-    limit: int | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    normalize: bool = False
-    overwrite: bool = False
-    window: int = 4096
-    token_budget: int | None = None  # tokens per teacher batch; None: 4096 on CPU, 32768 on GPU
-    shard_rows: int = 50_000
-    shard_mb: int = 256
-    filters: FilterConfig = field(default_factory=FilterConfig)
-    progress: bool = True
-    trust_remote_code: bool = False
-    compile: bool = False  # torch.compile the teacher: ~30 s up front, ~20% faster on CPU
-    logits: bool = False  # glue: corpora only: also cache a fine-tuned teacher's logits
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # glue: training examples
+    corpus: str = option(
+        MISSING,
+        "wiki | a file or folder (.txt/.jsonl/.parquet[.gz]) | hf:NAME[:CONFIG] | glue:TASK "
+        "(sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli)",
+    )
+    out: Path = option(MISSING, "Cache directory to create or resume.")
+    wiki_dump: str | None = option(
+        None,
+        "Local WikiExtractor dump (plain or .gz) for --corpus wiki; default: "
+        "$PIPELINE_WIKI_DUMP, else the hub's wikimedia/wikipedia.",
+    )
+    split: str = option("train", "Split of an hf: dataset.")
+    text_field: str = option("text", "Text field of .jsonl/.parquet/hf: data.")
+    teacher: str | None = option(
+        None,
+        "Hub name or local folder of a BERT-family encoder "
+        "[default: sentence-transformers/all-MiniLM-L6-v2, packaged copy]",
+    )
+    poolings: tuple[str, ...] = option(
+        ("mean",),
+        "Comma list of mean, cls, pooler, mean_layerN (the mean of hidden layer N).",
+        flag="pooling",
+    )
+    max_length: int = option(128, "Truncate sentences to this many tokens.")
+    limit: int | None = option(None, "Stop after N sentences.")
+    dtype: str = option("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 where fast).")
+    device: str = option("auto", "auto | cpu | cuda.")
+    normalize: bool = option(False, "Store unit-length vectors.")
+    overwrite: bool = option(False, "Replace a cache made with another config.")
+    # Ids are stream positions and windows the resume unit, so the window is part of the
+    # cache's identity; 4096 sorts enough sentences by length for little padding.
+    window: int = option(4096, "Sentences sorted by length together (resume unit).")
+    token_budget: int | None = option(None, "Tokens per teacher batch [4096 on CPU, 32768 on GPU].")
+    shard_rows: int = option(50_000, "Roll over to a new shard after N rows.")
+    shard_mb: int = option(256, "... or after this many MB.")
+    filters: FilterConfig = nested(FilterConfig)
+    progress: bool = option(True, "Show progress.")
+    trust_remote_code: bool = option(False, "Allow code from the teacher's repo.")
+    # ~30 s of compilation up front, then ~20% faster on CPU: for long runs only.
+    compile: bool = option(False, "torch.compile the teacher: ~30 s start-up, ~20% faster.")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))  # accept a str from Python callers
+        for name, low in (("window", 1), ("shard_rows", 1), ("shard_mb", 1), ("max_length", 2)):
+            if getattr(self, name) < low:
+                raise SraError(f"--{name.replace('_', '-')} must be >= {low}")
+        if self.limit is not None and self.limit < 1:
+            raise SraError(f"--limit must be a positive number of sentences, got {self.limit}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise SraError(f"--token-budget must be >= 1, got {self.token_budget}")
+
+
+class Extension(Protocol):
+    """What a layer above stage one plugs into `embed()`: its own texts and side files.
+
+    Task corpora (`pipeline/tasks/corpus.py`) are the one user. Their texts are embedded as
+    they are (no splitting, filtering or dedup), a text's id is its position in the list, and
+    `finish` writes files beside the rows once every text is in the cache.
+    """
+
+    #: load the teacher with its classification head (its logits are cached beside the rows)
+    wants_logits: bool
+
+    def describe(self) -> dict[str, Any]:
+        """The corpus part of the cache's identity (manifest and fingerprint)."""
+        ...
+
+    def check(self, teacher: Teacher) -> None:
+        """Refuse a teacher this corpus cannot use, before anything is written."""
+        ...
+
+    def texts(self, teacher: Teacher) -> list[str]:
+        """The texts to embed; called only when the cache is not complete yet."""
+        ...
+
+    def finish(self, writer: CacheWriter, teacher: Teacher, budget: int) -> None:
+        """Write the side files; every text is in the cache by now."""
+        ...
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -77,55 +130,29 @@ def dist_env() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     if world < 1 or not 0 <= rank < world:
-        raise PipelineError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
+        raise SraError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
     return rank, world, local
 
 
-def embed(cfg: EmbedConfig) -> Manifest:
-    """Run stage one; returns the cache's manifest (this rank's part when distributed)."""
-    if cfg.window < 1 or cfg.max_length < 2 or cfg.shard_rows < 1:
-        raise PipelineError("--window, --shard-rows must be >= 1 and --max-length >= 2")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise PipelineError(f"--limit must be a positive number of sentences, got {cfg.limit}")
+def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
+    """Run stage one; returns the cache's manifest (this rank's part when distributed).
+
+    Steps: check the corpus (before the teacher loads or --out is touched), load the teacher,
+    open the cache (resume or refuse), stream windows through the teacher into shards, finish.
+    """
     if cfg.out.exists() and not cfg.out.is_dir():
-        raise PipelineError(f"--out {cfg.out} is a file; choose a directory")
+        raise SraError(f"--out {cfg.out} is a file; choose a directory")
+    import torch
+
+    from pipeline.teacher import Teacher
+
     rank, world, local_world = dist_env()
     if world > 1:
         # Ranks share the machine's cores; oversubscribing threads slows every rank down.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
     spec = CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field)
-    task = None
-    if (cfg.logits or cfg.augment.copies) and not is_task_corpus(cfg.corpus):
-        raise PipelineError(
-            "logits and --augment are per task example: use them with --corpus glue:TASK"
-        )
-    if is_task_corpus(cfg.corpus):
-        if cfg.limit is not None or world > 1:
-            raise PipelineError(
-                "a glue: corpus is embedded whole, in one process: drop --limit and torchrun"
-            )
-        # Read and check every split now, before the teacher loads or --out is touched.
-        task = load_task_corpus(cfg.corpus, cfg.glue_dir)
-        cfg.augment.check(task.task)
-        corpus_info = {"task": task.describe()}
-        if cfg.augment.copies:
-            corpus_info["augmentation"] = cfg.augment.describe(task.task)
-    else:
-        stats = CorpusStats()
-        # Pull one sentence now: a missing, empty or unreachable corpus fails before the
-        # teacher loads and before the output directory is touched. The reader process
-        # streams it again.
-        if next(iter_sentences(spec, cfg.filters, cfg.limit, stats), None) is None:
-            raise PipelineError(
-                f"corpus {cfg.corpus!r} gave no sentences after filtering "
-                f"({_stats_line(stats)}); check the path, --text-field and the length filters"
-            )
-        corpus_info = describe_corpus(spec) | {
-            "filters": describe_filters(cfg.filters),
-            "limit": cfg.limit,
-        }
-
+    corpus_info = extension.describe() if extension is not None else _check_corpus(cfg, spec)
     teacher = Teacher(
         cfg.teacher,
         cfg.poolings,
@@ -134,10 +161,10 @@ def embed(cfg: EmbedConfig) -> Manifest:
         cfg.device,
         cfg.trust_remote_code,
         compile=cfg.compile,
-        logits=cfg.logits,
+        logits=extension is not None and extension.wants_logits,
     )
-    if task is not None and cfg.logits:
-        _check_logits_teacher(teacher, task)
+    if extension is not None:
+        extension.check(teacher)
     budget = cfg.token_budget or (32768 if teacher.device.type == "cuda" else 4096)
     budget = max(budget, cfg.max_length)
     config = {
@@ -166,10 +193,7 @@ def embed(cfg: EmbedConfig) -> Manifest:
             return writer.manifest
         if rank == 0:
             _write_side_files(writer, teacher)
-        if task is not None and cfg.augment.copies:
-            # Only now: a complete cache needs no variants (the fingerprint already covers
-            # the augmentation config), and building them takes a while on large tasks.
-            task = _augment(task, teacher, cfg.augment)
+        texts = extension.texts(teacher) if extension is not None else None
         start = writer.next_window
         if start:
             _log(f"resuming {cfg.out} at window {start} ({writer.resumed_rows:,} rows kept)")
@@ -184,13 +208,14 @@ def embed(cfg: EmbedConfig) -> Manifest:
             rank,
             world,
             teacher.tokenizer_json().decode(),
-            sentences=task.sentences if task is not None else None,
+            sentences=texts,
         )
         with EmbedProgress(total, done=writer.resumed_rows, enabled=cfg.progress) as progress:
             stats = _run(read_windows(plan), teacher, writer, budget, cfg.normalize, progress)
         seconds = time.monotonic() - t0
-        if task is not None:
-            _write_task_files(writer, task, teacher if cfg.logits else None, budget)
+        if extension is not None:
+            writer.flush()
+            extension.finish(writer, teacher, budget)
         sps, tps = progress.rate
         manifest = writer.finish(
             {
@@ -207,6 +232,19 @@ def embed(cfg: EmbedConfig) -> Manifest:
     if world > 1:
         manifest = _merge_when_all_done(cfg.out, rank, world)
     return manifest
+
+
+def _check_corpus(cfg: EmbedConfig, spec: CorpusSpec) -> dict[str, Any]:
+    """The corpus's identity, after pulling one sentence: a missing, empty or unreachable
+    corpus fails before the teacher loads and before --out is touched. The reader process
+    streams it again from the start."""
+    stats = CorpusStats()
+    if next(iter_sentences(spec, cfg.filters, cfg.limit, stats), None) is None:
+        raise SraError(
+            f"corpus {cfg.corpus!r} gave no sentences after filtering "
+            f"({_stats_line(stats)}); check the path, --text-field and the length filters"
+        )
+    return describe_corpus(spec) | {"filters": describe_filters(cfg.filters), "limit": cfg.limit}
 
 
 def _run(
@@ -226,7 +264,7 @@ def _run(
                 if isinstance(window, CorpusStats):
                     stats = window
                     continue
-                table = _encode_window(window, teacher, budget, normalize, writer.schema)
+                table = encode_window(window, teacher, budget, normalize, writer.schema)
                 if pending is not None:
                     pending.result()  # surfaces a write error (disk full) right away
                 pending = pool.submit(writer.write, table, window.index)
@@ -243,9 +281,11 @@ def _run(
     return stats
 
 
-def _encode_window(
+def encode_window(
     window: Window, teacher: Teacher, budget: int, normalize: bool, schema: pa.Schema
 ) -> pa.Table:
+    from pipeline.teacher import budget_batches
+
     n = len(window.ids)
     lengths = np.fromiter((len(x) for x in window.ids), dtype=np.int32, count=n)
     vectors = {p: np.empty((n, teacher.hidden_size), np.float32) for p in teacher.poolings}
@@ -284,91 +324,6 @@ def _write_side_files(writer: CacheWriter, teacher: Teacher) -> None:
         meta = {"teacher": teacher.name, "pad_id": str(teacher.pad_id)}
         data = save({"word_embeddings": teacher.embedding_matrix()}, metadata=meta)
         writer.put_file(EMBEDDINGS_NAME, data)
-
-
-def _write_task_files(
-    writer: CacheWriter, task: TaskCorpus, teacher: Teacher | None, budget: int
-) -> None:
-    """The examples of each split, once every sentence they point at is in the cache; then the
-    teacher's logits per split (each split's file is a resume point); task.json last."""
-    writer.flush()
-    assert writer.manifest is not None
-    rows = writer.manifest.num_rows
-    if rows != len(task.sentences):  # ids are positions in task.sentences: all must be there
-        raise PipelineError(
-            f"{writer.path} holds {rows:,} of the task's {len(task.sentences):,} sentences; "
-            "rerun the same command to resume"
-        )
-    if teacher is not None:
-        task.extra["logits"] = {
-            "teacher": teacher.name,
-            "finetuning_task": teacher.finetuning_task or task.task.name,
-            "num_labels": teacher.num_labels,
-            "splits": list(task.examples),
-        }
-    files = task.side_files()
-    for name, data in files.items():
-        if name != TASK_NAME:
-            writer.put_file(name, data)
-    if teacher is not None:
-        for split, examples in task.examples.items():
-            if logits_name(split) in writer.manifest.files:
-                continue  # written before an interruption; the fingerprint vouches for it
-            t0 = time.monotonic()
-            writer.put_file(logits_name(split), logits_bytes(_logits(teacher, examples, budget)))
-            _log(f"{split}: logits of {len(examples):,} examples in {time.monotonic() - t0:.0f} s")
-    writer.put_file(TASK_NAME, files[TASK_NAME])
-
-
-def _logits(teacher: Teacher, examples: list[Example], budget: int) -> np.ndarray:
-    """The fine-tuned teacher's logits per example; a pair is one sequence, as in fine-tuning."""
-    if examples and examples[0].text_b is not None:
-        encodings = teacher.backend.encode_batch([(e.text_a, e.text_b) for e in examples])
-    else:
-        encodings = teacher.backend.encode_batch([e.text_a for e in examples])
-    lengths = np.array([len(e.ids) for e in encodings], dtype=np.int32)
-    out = np.zeros((len(examples), teacher.num_labels), np.float32)
-    for idx in budget_batches(lengths, budget):
-        batch = [encodings[k] for k in idx]
-        out[idx] = teacher.logits([e.ids for e in batch], [e.type_ids for e in batch])
-    return out
-
-
-def _check_logits_teacher(teacher: Teacher, task: TaskCorpus) -> None:
-    """Logits only mean something from a teacher fine-tuned on this task's label set."""
-    spec = task.task
-    if teacher.num_labels != spec.num_labels:
-        raise PipelineError(
-            f"teacher {teacher.name!r} has {teacher.num_labels} output labels but {spec.name} "
-            f"has {spec.num_labels}: fine-tune a teacher on {spec.name} with "
-            f"`pipeline teacher-finetune --task {spec.name}`"
-        )
-    made_for = teacher.finetuning_task
-    if made_for and not same_task(made_for, spec):
-        raise PipelineError(
-            f"teacher {teacher.name!r} was fine-tuned on {made_for!r}, not {spec.name}: its "
-            f"logits would be another task's; use a teacher fine-tuned on {spec.name}"
-        )
-
-
-def _augment(task: TaskCorpus, teacher: Teacher, cfg: AugmentConfig) -> TaskCorpus:
-    """The task plus augmented training examples (pipeline/augment.py), deterministic by seed."""
-    train = task.examples["train"]
-    neighbours = None
-    if "replace" in cfg.resolved_modes(task.task):
-        words = (w for e in train for t in (e.text_a, e.text_b or "") for w in t.split())
-        neighbours = Neighbours(
-            teacher.backend.get_vocab(with_added_tokens=False),
-            teacher.embedding_matrix(),
-            words,
-            cfg.neighbours,
-            list(teacher.special_ids.values()),
-        )
-    mask_id = teacher.special_ids.get("mask")
-    mask = teacher.backend.id_to_token(mask_id) if mask_id is not None else "[MASK]"
-    augmented = augment_examples(train, task.task, cfg, neighbours, mask)
-    _log(f"augmentation: {len(augmented):,} variants of {len(train):,} training examples")
-    return task.with_augmented(augmented, cfg.describe(task.task))
 
 
 def _init_process_group() -> None:

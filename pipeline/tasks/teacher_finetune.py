@@ -28,12 +28,12 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from cache.errors import SraError
 from cache.files import fsync_dir, write_atomic, write_file
 from cache.tasks import TaskSpec, dev_splits
-from pipeline.errors import PipelineError
-from pipeline.glue import Example
-from pipeline.task_corpus import load_task_corpus
-from pipeline.teacher import _check_encoder, _load_error, resolve_device, resolve_teacher
+from pipeline.tasks.corpus import load_task_corpus
+from pipeline.tasks.glue import Example
+from pipeline.teacher import check_encoder, load_error_message, resolve_device, resolve_teacher
 from student.checkpoint import optimizer_files, optimizer_state
 from student.metrics import task_scores
 from student.task_data import length_batches
@@ -76,9 +76,9 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
     """Fine-tune into ``cfg.out``; returns the dev metrics written to metrics.json."""
     cfg.out = Path(cfg.out)
     if (cfg.epochs is not None and cfg.epochs < 1) or cfg.batch_size < 1 or cfg.save_every < 1:
-        raise PipelineError("--epochs, --batch-size and --save-every must be >= 1")
+        raise SraError("--epochs, --batch-size and --save-every must be >= 1")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise PipelineError(f"--lr must be a positive number, got {cfg.lr}")
+        raise SraError(f"--lr must be a positive number, got {cfg.lr}")
     corpus = load_task_corpus(f"glue:{cfg.task}", cfg.glue_dir)
     task = corpus.task
     dev = dev_splits(task)[0]
@@ -127,7 +127,7 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
                 with _autocast(device, bf16):
                     loss = model(**inputs).loss
                 if not torch.isfinite(loss):
-                    raise PipelineError(
+                    raise SraError(
                         f"the loss became {loss.item()} at step {step}; lower --lr (the last "
                         f"checkpoint is kept in {cfg.out / CHECKPOINT_DIR})"
                     )
@@ -267,7 +267,7 @@ def _load_model(cfg: TeacherFinetuneConfig, task: TaskSpec) -> tuple[Any, Any]:
         # transformers 5 dropped the standard field; an extra attribute still round-trips
         # through config.json, and stage one reads it to tie the logits to their task.
         config.finetuning_task = task.name
-        _check_encoder(name, config)
+        check_encoder(name, config)
         tokenizer = AutoTokenizer.from_pretrained(
             source, use_fast=True, trust_remote_code=cfg.trust_remote_code
         )
@@ -280,7 +280,7 @@ def _load_model(cfg: TeacherFinetuneConfig, task: TaskSpec) -> tuple[Any, Any]:
             trust_remote_code=cfg.trust_remote_code,
         )
     except (OSError, ValueError) as e:
-        raise PipelineError(_load_error(name, e)) from None
+        raise SraError(load_error_message(name, e)) from None
     if previous_task and previous_task != task.name:
         # Same label count, other meanings (MRPC's 1 is "equivalent", RTE's 0 "entailment"):
         # a head of the right size is still the wrong head.
@@ -347,7 +347,7 @@ def _prepare_out(cfg: TeacherFinetuneConfig, task: TaskSpec) -> dict[str, Any] |
     """Refuse to mix runs; returns the metrics when this exact run is already complete."""
     out = cfg.out
     if out.exists() and not out.is_dir():
-        raise PipelineError(f"--out {out} is a file; choose a folder")
+        raise SraError(f"--out {out} is a file; choose a folder")
     options = {
         k: v
         for k, v in asdict(cfg).items()
@@ -362,19 +362,19 @@ def _prepare_out(cfg: TeacherFinetuneConfig, task: TaskSpec) -> dict[str, Any] |
         try:
             existing = json.loads(run_file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            raise PipelineError(f"{run_file} is unreadable; pass --overwrite") from None
+            raise SraError(f"{run_file} is unreadable; pass --overwrite") from None
     if existing is None and out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        raise PipelineError(f"--out {out} is not empty and holds no teacher-finetune run")
+        raise SraError(f"--out {out} is not empty and holds no teacher-finetune run")
     same = existing == options
     if existing is not None and not same and not cfg.overwrite:
-        raise PipelineError(
+        raise SraError(
             f"{out} holds a different teacher-finetune run; pass --overwrite to replace it"
         )
     if same and (out / METRICS_JSON).is_file() and not cfg.overwrite:
         _log(cfg, f"{out} is already complete; nothing to do")
         return json.loads((out / METRICS_JSON).read_text())
     if same and not cfg.resume and not cfg.overwrite and (out / CHECKPOINT_DIR).exists():
-        raise PipelineError(f"{out} holds an unfinished run of this config; pass --resume")
+        raise SraError(f"{out} holds an unfinished run of this config; pass --resume")
     if cfg.overwrite or not same:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -413,7 +413,7 @@ def _load_checkpoint(
         optimizer.load_state_dict(optimizer_state(tensors, info.pop("optimizer"), device))
         torch.set_rng_state(safetensors.torch.load_file(str(folder / "rng.safetensors"))["torch"])
     except Exception as e:
-        raise PipelineError(
+        raise SraError(
             f"checkpoint {folder} is unreadable ({type(e).__name__}); pass --overwrite"
         ) from None
     print(f"resuming {out} at epoch {info['epoch'] + 1}, batch {info['batch']}", file=sys.stderr)

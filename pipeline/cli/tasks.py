@@ -1,7 +1,7 @@
 """Task commands: `pipeline finetune` and `pipeline evaluate` (GLUE, from task caches).
 
-Thin typer wrappers over `student.finetune.finetune` and `pipeline.evaluate.evaluate`;
-registered on the main app by `register(app)`.
+Thin typer wrappers over `student.finetune.finetune` and `pipeline.tasks.evaluate.evaluate`;
+registered on the main app by `command`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ from pathlib import Path
 
 import typer
 
-from pipeline.cli_train import _one_line_errors
+from pipeline.cli import command
 
 
+@command(
+    epilog="Example: pipeline finetune --student runs/sra-minilm --task sst2 "
+    "--cache caches/sst2-minilm --out runs/sst2"
+)
 def finetune(
     student: str = typer.Option(
         ..., help="Student folder (pipeline train --out) | scratch | teacher (frozen vectors)."
@@ -71,42 +75,45 @@ def finetune(
     from student.finetune import FinetuneConfig
     from student.finetune import finetune as run
 
-    with _one_line_errors():
-        metrics = run(
-            FinetuneConfig(
-                student=student,
-                task=task,
-                cache=cache,
-                out=out,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                encoder_lr=encoder_lr,
-                freeze_encoder=freeze_encoder,
-                head=head,
-                head_hidden=head_hidden,
-                dropout=dropout,
-                encoder_dropout=encoder_dropout,
-                sra_weight=sra_weight,
-                distill_weight=distill_weight,
-                distill_loss=distill_loss,
-                temperature=temperature,
-                label_weight=label_weight,
-                augmented=augmented,
-                pooling=pooling,
-                select=select,
-                patience=patience,
-                seed=seed,
-                bf16=bf16,
-                device=device,
-                resume=resume,
-                overwrite=overwrite,
-                progress=progress,
-            )
+    metrics = run(
+        FinetuneConfig(
+            student=student,
+            task=task,
+            cache=cache,
+            out=out,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            encoder_lr=encoder_lr,
+            freeze_encoder=freeze_encoder,
+            head=head,
+            head_hidden=head_hidden,
+            dropout=dropout,
+            encoder_dropout=encoder_dropout,
+            sra_weight=sra_weight,
+            distill_weight=distill_weight,
+            distill_loss=distill_loss,
+            temperature=temperature,
+            label_weight=label_weight,
+            augmented=augmented,
+            pooling=pooling,
+            select=select,
+            patience=patience,
+            seed=seed,
+            bf16=bf16,
+            device=device,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
         )
+    )
     print(json.dumps(metrics, indent=2))
 
 
+@command(
+    epilog="Example: pipeline evaluate --student runs/sra-minilm --tasks sst2,mrpc,rte,cola,"
+    "stsb --seeds 3 --glue-dir ../shared/data/glue"
+)
 def evaluate(
     student: str = typer.Option(..., help="The distilled student folder (pipeline train --out)."),
     tasks: str = typer.Option("sst2,mrpc,rte,cola,stsb", help="Comma list of GLUE tasks."),
@@ -135,29 +142,33 @@ def evaluate(
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Fine-tune every row x task x seed (reusing finished runs) and print the table."""
-    from pipeline.evaluate import EvaluateConfig
-    from pipeline.evaluate import evaluate as run
+    from pipeline.tasks.evaluate import EvaluateConfig
+    from pipeline.tasks.evaluate import evaluate as run
 
-    with _one_line_errors():
-        summary = run(
-            EvaluateConfig(
-                student=student,
-                tasks=[t.strip() for t in tasks.split(",") if t.strip()],
-                seeds=seeds,
-                rows=[r.strip() for r in rows.split(",") if r.strip()],
-                glue_dir=glue_dir,
-                caches=caches,
-                out=out,
-                epochs=epochs,
-                encoder_lr=encoder_lr,
-                teachers=teachers,
-                augment=augment,
-                progress=progress,
-            )
+    summary = run(
+        EvaluateConfig(
+            student=student,
+            tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+            seeds=seeds,
+            rows=[r.strip() for r in rows.split(",") if r.strip()],
+            glue_dir=glue_dir,
+            caches=caches,
+            out=out,
+            epochs=epochs,
+            encoder_lr=encoder_lr,
+            teachers=teachers,
+            augment=augment,
+            progress=progress,
         )
+    )
     print(summary["table"])
 
 
+@command(
+    "teacher-finetune",
+    epilog="Example: pipeline teacher-finetune --task sst2 --out teachers/sst2-minilm "
+    "--glue-dir ../shared/data/glue",
+)
 def teacher_finetune(
     task: str = typer.Option(..., help="GLUE task: sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte."),
     out: Path = typer.Option(..., help="Model folder to write (save_pretrained, safetensors)."),
@@ -183,44 +194,27 @@ def teacher_finetune(
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Fine-tune the teacher on a GLUE task: a model folder whose logits stage one can cache."""
-    from pipeline.teacher_finetune import TeacherFinetuneConfig
-    from pipeline.teacher_finetune import teacher_finetune as run
+    from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig
+    from pipeline.tasks.teacher_finetune import teacher_finetune as run
 
-    with _one_line_errors():
-        metrics = run(
-            TeacherFinetuneConfig(
-                task=task,
-                out=out,
-                teacher=teacher,
-                glue_dir=glue_dir,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                max_length=max_length,
-                seed=seed,
-                bf16=bf16,
-                device=device,
-                save_every=save_every,
-                resume=resume,
-                overwrite=overwrite,
-                progress=progress,
-                trust_remote_code=trust_remote_code,
-            )
+    metrics = run(
+        TeacherFinetuneConfig(
+            task=task,
+            out=out,
+            teacher=teacher,
+            glue_dir=glue_dir,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            max_length=max_length,
+            seed=seed,
+            bf16=bf16,
+            device=device,
+            save_every=save_every,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            trust_remote_code=trust_remote_code,
         )
+    )
     print(json.dumps(metrics, indent=2))
-
-
-def register(app: typer.Typer) -> None:
-    app.command(
-        "teacher-finetune",
-        epilog="Example: pipeline teacher-finetune --task sst2 --out teachers/sst2-minilm "
-        "--glue-dir ../shared/data/glue",
-    )(teacher_finetune)
-    app.command(
-        epilog="Example: pipeline finetune --student runs/sra-minilm --task sst2 "
-        "--cache caches/sst2-minilm --out runs/sst2"
-    )(finetune)
-    app.command(
-        epilog="Example: pipeline evaluate --student runs/sra-minilm --tasks sst2,mrpc,rte,cola,"
-        "stsb --seeds 3 --glue-dir ../shared/data/glue"
-    )(evaluate)

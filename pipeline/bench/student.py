@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError
+from cache.errors import SraError
+from pipeline.bench.machine import machine_info, machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 STS_B_DEV = REPO.parent / "shared" / "data" / "glue" / "STS-B" / "dev.tsv"
@@ -59,7 +59,7 @@ def bench_student(
     """Measure the student, its teacher and (optionally) a random BERT-base; return JSON-ready
     results. See the module docstring for what each number is."""
     if batch_size < 1 or latency_samples < 1:
-        raise PipelineError("--batch-size and --latency-samples must be >= 1")
+        raise SraError("--batch-size and --latency-samples must be >= 1")
     texts, source = load_sentences(sentences_file, limit)
     folder = student_folder(student)
     started_load = os.getloadavg()
@@ -121,19 +121,19 @@ def load_sentences(path: Path | None, limit: int | None) -> tuple[list[str], str
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise PipelineError(f"cannot read --sentences {path}: {e}") from None
+            raise SraError(f"cannot read --sentences {path}: {e}") from None
         texts, source = [line.strip() for line in lines if line.strip()], str(path)
     elif STS_B_DEV.is_file():
         texts, source = _sts_b_sentences(STS_B_DEV), f"{STS_B_DEV} (unique sentences)"
     else:
-        raise PipelineError(
+        raise SraError(
             f"no --sentences FILE given and STS-B dev is not at {STS_B_DEV}; "
             "pass --sentences FILE (one sentence per line)"
         )
     if limit is not None:
         texts = texts[:limit]
     if not texts:
-        raise PipelineError(f"no sentences to encode in {source}")
+        raise SraError(f"no sentences to encode in {source}")
     return texts, source
 
 
@@ -177,13 +177,13 @@ def _student_row(
 
 
 def _load_student(folder: Path) -> Any:
+    from cache.errors import SraError
     from student.encoder import StudentEncoder
-    from student.errors import StudentError
 
     try:
         return StudentEncoder.from_pretrained(folder)
-    except StudentError as e:
-        raise PipelineError(str(e)) from None
+    except SraError as e:
+        raise SraError(str(e)) from None
 
 
 def _load_teacher(
@@ -203,7 +203,7 @@ def _load_teacher(
         return Teacher(None, **kw), [note]
     try:
         return Teacher(recorded, **kw), []
-    except PipelineError as e:
+    except SraError as e:
         note = f"the student's teacher {recorded!r} did not load ({e}); used the default teacher"
         return Teacher(None, **kw), [note]
 
@@ -338,42 +338,6 @@ def _weights_mb(source: str) -> float | None:
 
 def _mean(values: list[int]) -> float:
     return round(float(np.mean(values)), 1) if values else 0.0
-
-
-def cpu_native_bf16() -> bool:
-    """Whether the student's encode and train use bf16 autocast on this CPU."""
-    from student.encoder import cpu_bf16_supported
-
-    return cpu_bf16_supported()
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "native_bf16": cpu_native_bf16(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
-
-
-def machine_line(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    return (
-        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
-        f"bf16 {'native' if m['native_bf16'] else 'no'}; {result['date']}"
-    )
 
 
 # ------------------------------------------------------------------------------ output

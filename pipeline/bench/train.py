@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from cache import open_cache
+from cache.errors import SraError
 from cache.manifest import (
     EMBEDDINGS_NAME,
     MANIFEST_NAME,
@@ -52,8 +53,7 @@ from cache.manifest import (
     ShardInfo,
     write_manifest,
 )
-from pipeline.bench_student import machine_info, machine_line
-from pipeline.errors import PipelineError
+from pipeline.bench.machine import machine_info, machine_line
 
 OVERHEAD_TARGET_PCT = 5.0
 GROWTH_TARGET_PCT = 10.0
@@ -77,7 +77,7 @@ def bench_train(
     from student.train import TrainConfig
 
     if min(steps, warmup_steps, memory_steps, workers) < 0 or repeats < 1 or rows_small < 1:
-        raise PipelineError("steps and workers must be >= 0, --repeats and --rows-small >= 1")
+        raise SraError("steps and workers must be >= 0, --repeats and --rows-small >= 1")
     defaults = TrainConfig(cache=Path(cache), out=Path("unused"))
     batch_size = batch_size or defaults.batch_size
     token_budget = token_budget or defaults.token_budget
@@ -143,7 +143,7 @@ def data_path_cost(
     # The preloaded side gets exactly the batches the data path yields, in the same order.
     preloaded = list(itertools.islice(_stream(data, workers, defaults.seed), warmup + steps))
     if len(preloaded) < warmup + steps:
-        raise PipelineError(f"the cache gives fewer than {warmup + steps} batches")
+        raise SraError(f"the cache gives fewer than {warmup + steps} batches")
     planning = _planning_seconds(data)
     runs = []
     for repeat in range(repeats):
@@ -326,7 +326,7 @@ def make_subset_cache(source: Path, rows: int, dest: Path) -> Path:
         chosen.append(shard)
     covered = sum(s.rows for s in chosen)
     if covered >= manifest.num_rows:
-        raise PipelineError(
+        raise SraError(
             f"--rows-small {rows:,} needs {covered:,} of the cache's {manifest.num_rows:,} rows; "
             "use a smaller --rows-small or a bigger cache"
         )
@@ -383,7 +383,7 @@ def _train_peak(
             seconds = time.perf_counter() - t0
         if status != 0:
             tail = (scratch / "stderr.txt").read_text(errors="replace").strip()[-400:]
-            raise PipelineError(f"pipeline train failed in the benchmark (exit {status}): {tail}")
+            raise SraError(f"pipeline train failed in the benchmark (exit {status}): {tail}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {

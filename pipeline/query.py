@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from cache import Cache, open_cache
-from pipeline.errors import PipelineError
+from cache.errors import SraError
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -60,7 +60,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
 def run_sql(path: str | Path, query: str, fmt: str = "table", out: Any = None) -> pa.Table:
     """Run a read-only query over `sentences` and `shards`; write it to `out` in `fmt`."""
     if fmt not in FORMATS:
-        raise PipelineError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise SraError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
     cache: Cache = open_cache(path, require_complete=False)
     con = cache.connect()
     import duckdb
@@ -70,7 +70,7 @@ def run_sql(path: str | Path, query: str, fmt: str = "table", out: Any = None) -
         table = result.arrow() if result is not None else pa.table({})
     except duckdb.Error as e:
         first = str(e).strip().splitlines()[0]
-        raise PipelineError(f"SQL failed: {first} (tables: sentences, shards)") from None
+        raise SraError(f"SQL failed: {first} (tables: sentences, shards)") from None
     if isinstance(table, pa.RecordBatchReader):
         table = table.read_all()
     out = out if out is not None else sys.stdout

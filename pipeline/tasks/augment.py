@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from cache.errors import SraError
+from cache.options import option
 from cache.tasks import TaskSpec
-from pipeline.errors import PipelineError
-from pipeline.glue import Example
+from pipeline.tasks.glue import Example
 
 MODES = ("mask", "replace", "ngram")
 SINGLE_ONLY = ("ngram",)
@@ -39,14 +40,33 @@ SINGLE_ONLY = ("ngram",)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    copies: int = 0  # variants per training example; 0: no augmentation
-    modes: tuple[str, ...] | None = None  # None: every mode that suits the task
-    p_mask: float = 0.1
-    p_replace: float = 0.1
-    p_ngram: float = 0.25
-    max_ngram: int = 5
-    neighbours: int = 10
-    seed: int = 0
+    """How many augmented variants of each training example, and how they are made."""
+
+    copies: int = option(
+        0,
+        "glue: corpora: augmented variants per training example (Tang et al. 2019).",
+        flag="augment",
+    )
+    modes: tuple[str, ...] | None = option(
+        None,
+        "Comma list of mask, replace, ngram (default: all that suit the task).",
+        flag="augment-modes",
+    )
+    # Tang et al. 2019's probabilities, section 3.3.
+    p_mask: float = option(
+        0.1, "Per word: chance it becomes the mask token.", flag="augment-p-mask"
+    )
+    p_replace: float = option(
+        0.1, "Per word: chance it becomes a nearby word.", flag="augment-p-replace"
+    )
+    p_ngram: float = option(
+        0.25, "Per variant: chance it is cut to an n-gram.", flag="augment-p-ngram"
+    )
+    max_ngram: int = option(5, "Longest n-gram kept.", flag="augment-max-ngram")
+    neighbours: int = option(
+        10, "Nearest embedding neighbours a replacement is drawn from.", flag="augment-neighbours"
+    )
+    seed: int = option(0, "Seed of the augmentation.", flag="augment-seed")
 
     def resolved_modes(self, task: TaskSpec) -> tuple[str, ...]:
         """The modes to apply; a mode that does not suit the task is an error, not a skip."""
@@ -54,13 +74,13 @@ class AugmentConfig:
             return tuple(m for m in MODES if not (task.pair and m in SINGLE_ONLY))
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
-            raise PipelineError(
+            raise SraError(
                 f"unknown augmentation mode {', '.join(bad) or '(none)'}; choose from "
                 f"{', '.join(MODES)}"
             )
         wrong = [m for m in self.modes if task.pair and m in SINGLE_ONLY]
         if wrong:
-            raise PipelineError(
+            raise SraError(
                 f"augmentation mode {wrong[0]} keeps a piece of one sentence and only suits "
                 f"single-sentence tasks, but {task.name} is a sentence-pair task: use "
                 "--augment-modes mask,replace"
@@ -69,12 +89,12 @@ class AugmentConfig:
 
     def check(self, task: TaskSpec) -> None:
         if self.copies < 0 or self.max_ngram < 1 or self.neighbours < 1:
-            raise PipelineError("--augment must be >= 0 (and n-gram length, neighbours >= 1)")
+            raise SraError("--augment must be >= 0 (and n-gram length, neighbours >= 1)")
         for name in ("p_mask", "p_replace", "p_ngram"):
             if not 0 <= getattr(self, name) <= 1:
-                raise PipelineError(f"augmentation {name} must be in [0, 1]")
+                raise SraError(f"augmentation {name} must be in [0, 1]")
         if self.p_mask + self.p_replace > 1:
-            raise PipelineError("augmentation p_mask + p_replace must not exceed 1")
+            raise SraError("augmentation p_mask + p_replace must not exceed 1")
         self.resolved_modes(task)
 
     def describe(self, task: TaskSpec) -> dict[str, Any]:

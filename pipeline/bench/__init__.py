@@ -1,0 +1,1 @@
+"""Benchmarks: `pipeline bench embed`, `bench student`, `bench train`; JSON and tables."""

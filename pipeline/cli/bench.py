@@ -1,0 +1,115 @@
+"""Benchmark commands: `pipeline bench embed`, `bench student`, `bench train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from pipeline.cli import bench_app, command, write_json
+
+
+@command(
+    "embed",
+    on=bench_app,
+    epilog="Example: pipeline bench embed --wiki-dump "
+    "../shared/data/wiki/enwiki_2015_wikiextractor_AA-AB.txt.gz --sentences 12000",
+)
+def bench_embed(
+    wiki_dump: str | None = typer.Option(None, help="WikiExtractor dump [$PIPELINE_WIKI_DUMP]."),
+    sentences: int = typer.Option(12000, help="Sentences to embed (>= 4000)."),
+    workdir: Path = typer.Option(Path("caches/bench"), help="Scratch folder for the caches."),
+    memory_sentences: int = typer.Option(
+        16000, help="Compare peak memory at this many and 4x as many sentences (0: skip)."
+    ),
+) -> None:
+    """pipeline embed vs sentence-transformers on the same sentences, and FLOP/s vs peak."""
+    from pipeline.bench.embed import bench_embed as run
+
+    print(json.dumps(run(wiki_dump, sentences, workdir, memory_sentences), indent=2))
+
+
+@command(
+    "student",
+    on=bench_app,
+    epilog="Example: pipeline bench student --student runs/sra-minilm-1m "
+    "--json runs/sra-minilm-1m/bench-student.json",
+)
+def bench_student(
+    student: Path = typer.Option(..., help="Student folder (or a run with it in encoder/)."),
+    sentences: Path | None = typer.Option(
+        None, help="One sentence per line (default: the unique sentences of STS-B dev)."
+    ),
+    limit: int | None = typer.Option(None, help="Use only the first N sentences."),
+    batch_size: int = typer.Option(256, help="Student encode batch size."),
+    latency_samples: int = typer.Option(200, help="Single-sentence calls for p50/p95 latency."),
+    teacher: str | None = typer.Option(
+        None, help="Teacher to compare with (default: the one the student records)."
+    ),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher."),
+    bert_base: bool = typer.Option(
+        True, help="Also time a random-weight BERT-base (<= 1,000 sentences)."
+    ),
+    bert_base_size: str = typer.Option(
+        "768,12,12,3072", hidden=True, help="hidden,layers,heads,intermediate (tests)."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Student vs teacher (and BERT-base): size, sentences/s, single-sentence latency."""
+    from pipeline.bench.student import bench_student as run
+    from pipeline.bench.student import render
+
+    result = run(
+        student,
+        sentences,
+        limit=limit,
+        batch_size=batch_size,
+        latency_samples=latency_samples,
+        teacher=teacher,
+        compile=compile,
+        bert_base=bert_base,
+        bert_base_size=[int(x) for x in bert_base_size.split(",")],
+    )
+    Console().print(render(result))
+    write_json(json_path, result)
+
+
+@command(
+    "train",
+    on=bench_app,
+    epilog="Example: pipeline bench train --cache caches/wiki-1m --json runs/bench-train.json",
+)
+def bench_train(
+    cache: Path = typer.Option(..., help="Stage-one cache (>= 1M rows for the memory part)."),
+    steps: int = typer.Option(200, help="Timed training steps a run (0: skip this part)."),
+    warmup_steps: int = typer.Option(20, help="Untimed steps before each timed run."),
+    repeats: int = typer.Option(2, help="Data path / preloaded pairs, run A B B A ..."),
+    batch_size: int | None = typer.Option(None, help="Most sentences a batch (train's: 256)."),
+    token_budget: int | None = typer.Option(None, help="Most padded tokens (train's: 8192)."),
+    workers: int = typer.Option(0, help="DataLoader workers, as pipeline train --workers."),
+    rows_small: int = typer.Option(100_000, help="Rows of the small cache for the memory part."),
+    memory_steps: int = typer.Option(
+        300, help="--max-steps of each pipeline train run for memory (0: skip that part)."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Training speed fed from the cache vs preloaded batches; peak memory, small vs full cache."""
+    from pipeline.bench.train import bench_train as run
+    from pipeline.bench.train import render
+
+    result = run(
+        cache,
+        steps=steps,
+        warmup_steps=warmup_steps,
+        repeats=repeats,
+        batch_size=batch_size,
+        token_budget=token_budget,
+        workers=workers,
+        rows_small=rows_small,
+        memory_steps=memory_steps,
+    )
+    for table in render(result):
+        Console().print(table)
+    write_json(json_path, result)
