@@ -78,6 +78,13 @@ def _typer_param(leaf: Leaf) -> inspect.Parameter:
         default = None if default is None else ",".join(map(str, default))
     if _strip_optional(hint) is bool:
         names = [f"--{flag}/--no-{flag}", *(f"--{a}/--no-{a}" for a in f.metadata["aliases"])]
+    if f.metadata.get("argument"):  # positional: `pipeline report RUN`
+        info = typer.Argument(
+            ... if default is MISSING else default, help=f.metadata.get("help", "")
+        )
+        return inspect.Parameter(
+            leaf.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=hint
+        )
     info = typer.Option(
         ... if default is MISSING else default,
         *names,

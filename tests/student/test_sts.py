@@ -12,12 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app as cli_app
-from student import SraError
+from student import SraError, train
 from student.sts import average_ranks, evaluate_sts, pearson, read_pairs, spearman
-from student.train import train
-from tests.conftest import SHARED_DATA
-from tests.student.test_data import make_cache
-from tests.student.test_train import tiny
+from tests.conftest import SHARED_DATA, make_cache
+from tests.student.conftest import tiny_train as tiny
 
 STSB_DEV = SHARED_DATA / "glue" / "STS-B" / "dev.tsv"
 HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"

@@ -1,8 +1,8 @@
-"""`train()`: learning, save/load, exact resume after SIGKILL, refusals, non-finite loss."""
+"""`train()`: learning, save/load, exact resume after SIGKILL, the run-folder rule, refusals,
+non-finite loss."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -11,68 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 
 from cache import CacheError, open_cache
-from student import SraError, StudentEncoder
-from student.data import DataConfig, compute_split, validation_batches
-from student.train import TrainConfig, train
-from tests.conftest import REPO
-from tests.student.test_data import make_cache
+from student import SraError, StudentEncoder, train
+from student.training.config import DataConfig
+from student.training.data import compute_split, validation_batches
+from tests.conftest import REPO, make_cache
+from tests.student.conftest import assert_same_weights, metrics
+from tests.student.conftest import tiny_train as tiny
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     return make_cache(tmp_path_factory.mktemp("train"), tiny_bert)
-
-
-def interrupt_after_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """Make ``train`` raise KeyboardInterrupt right after it saves the checkpoint of ``step``
-    (``monkeypatch.undo()`` lets the next run go through)."""
-    module = importlib.import_module("student.train")  # the module, not the function
-    real = module.save_checkpoint
-
-    def save_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
-        real(*args, **kwargs)
-        if args[3].step == step:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
-
-
-def assert_same_weights(a_run: Path, b_run: Path) -> None:
-    a, b = weights(a_run), weights(b_run)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-
-
-def tiny(cache: Path, out: Path, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
-    """A few dozen fast steps of a very small student, fp32 (exact, and bf16-free CPUs too)."""
-    base = dict(
-        hidden_size=16,
-        embedding_dim=16,
-        batch_size=32,
-        token_budget=800,
-        val_fraction=0.05,
-        lr=1e-2,
-        eval_every=10,
-        checkpoint_every=0,
-        log_every=1,
-        bf16=False,
-        progress=False,
-    )
-    return TrainConfig(cache=cache, out=out, **(base | kw))
-
-
-def metrics(run: Path) -> tuple[list[dict], list[dict]]:
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [x for x in lines if "loss" in x], [x for x in lines if "val_cos" in x]
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return safetensors.torch.load_file(str(run / "model.safetensors"))
 
 
 def test_train_learns_saves_and_encodes(tmp_path, cache_dir):
@@ -116,10 +68,9 @@ def test_train_learns_saves_and_encodes(tmp_path, cache_dir):
     for name, tensor in enc.model.state_dict().items():
         assert torch.equal(tensor, again.model.state_dict()[name]), name
 
-    # Same config again: already finished. --resume: nothing to do. --overwrite: trains again.
-    with pytest.raises(SraError, match="already holds a finished run"):
-        train(tiny(cache_dir, run, epochs=3))
+    # Same config again: already finished, nothing to do (with or without --resume).
     before = (run / "model.safetensors").stat().st_mtime_ns
+    assert train(tiny(cache_dir, run, epochs=3)) == run
     train(tiny(cache_dir, run, epochs=3, resume=True))
     assert (run / "model.safetensors").stat().st_mtime_ns == before
 
@@ -148,19 +99,19 @@ import os, signal, sys
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {repo!r})
-import student.checkpoint as c
+from student.runs.checkpoint import Checkpoints
 from student import train
-from tests.student.test_train import tiny
+from tests.student.conftest import tiny_train
 calls = 0
-commit = c._commit_checkpoint
-def commit_then_die(folder, tmp, name):
+commit = Checkpoints.commit
+def commit_then_die(self, tmp, name):
     global calls
     calls += 1
     if calls == 3:  # the third checkpoint is fully written but not yet committed
         os.killpg(os.getpgid(0), signal.SIGKILL)  # the trainer and its DataLoader workers
-    commit(folder, tmp, name)
-c._commit_checkpoint = commit_then_die
-train(tiny({cache!r}, {out!r}, epochs=2, checkpoint_every=7, dropout=0.3, workers={workers}))
+    return commit(self, tmp, name)
+Checkpoints.commit = commit_then_die
+train(tiny_train({cache!r}, {out!r}, epochs=2, checkpoint_every=7, dropout=0.3, workers={workers}))
 """
 
 
@@ -188,9 +139,8 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, cache_dir, worker
     assert any(p.name.startswith(".step-000000021") for p in (out / "checkpoint").iterdir())
     assert not (out / "model.safetensors").exists()
 
-    with pytest.raises(SraError, match="--resume"):
-        train(tiny(cache_dir, out, **opts))
-    train(tiny(cache_dir, out, resume=True, **opts))
+    # The same command again resumes from the last complete checkpoint (--resume optional).
+    train(tiny(cache_dir, out, **opts))
 
     assert_same_weights(reference, out)
     # Metrics were trimmed back to the checkpoint, so each step appears once.
@@ -201,9 +151,9 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, cache_dir, worker
 def test_refuses_other_runs_and_folders(tmp_path, cache_dir):
     run = tmp_path / "run"
     train(tiny(cache_dir, run, max_steps=2))
-    with pytest.raises(SraError, match=r"different run \(differs in: optim\.lr\)"):
+    with pytest.raises(SraError, match=r"different training run \(differs in: optim\.lr\)"):
         train(tiny(cache_dir, run, max_steps=2, lr=0.5))
-    with pytest.raises(SraError, match="cannot --resume.*differs in: data.batch_size"):
+    with pytest.raises(SraError, match="differs in: data.batch_size"):
         train(tiny(cache_dir, run, max_steps=2, batch_size=16, resume=True))
     train(tiny(cache_dir, run, max_steps=2, lr=0.5, overwrite=True))
     assert json.loads((run / "run.json").read_text())["config"]["optim"]["lr"] == 0.5

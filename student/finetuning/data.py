@@ -15,7 +15,7 @@ import torch
 
 from cache import Cache, CacheError
 from cache.task_data import read_examples
-from student.data import check_target, target_dim, target_vectors
+from student.training.data import check_target, target_dim, target_vectors
 
 
 @dataclass
@@ -85,6 +85,22 @@ class Examples:
         return bool(len(labels)) and not (
             np.isnan(labels).any() if labels.dtype.kind == "f" else (labels < 0).any()
         )
+
+
+def concat(a: Examples, b: Examples) -> Examples:
+    """The examples of ``a`` then ``b`` (a split and its augmented variants)."""
+    second = None if a.second is None or b.second is None else np.concatenate([a.second, b.second])
+    return Examples(
+        np.concatenate([a.idx, b.idx]),
+        np.concatenate([a.labels, b.labels]),
+        np.concatenate([a.first, b.first]),
+        second,
+    )
+
+
+def sentence_ids(ex: Examples) -> np.ndarray:
+    """Every sentence id the examples use (with repeats)."""
+    return ex.first if ex.second is None else np.concatenate([ex.first, ex.second])
 
 
 def load_examples(cache: Cache, split: str, pair: bool) -> Examples:

@@ -13,16 +13,7 @@ from typing import Any
 import torch
 
 from cache.errors import SraError
-
-
-def resolve_device(device: str) -> torch.device:
-    """auto | cpu | cuda to a device; asking for an absent GPU is a one-line error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise SraError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SraError("--device cuda but no CUDA GPU is visible; use --device cpu")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
+from student.runtime import resolve_device
 
 
 class Dist:

@@ -1,4 +1,5 @@
-"""`finetune()` from task caches: learning, the four evaluation rows, resume, refusals."""
+"""`finetune()` from task caches: learning, the four evaluation rows, the run-folder rule,
+refusals."""
 
 from __future__ import annotations
 
@@ -7,33 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from tokenizers import Tokenizer
 
 from cache import open_cache
 from cache.task_data import read_examples
 from student import SraError
-from student.finetune import FinetuneConfig, finetune
-from student.train import TrainConfig, train
-from tests.conftest import embed_any, write_glue
-from tests.student.test_data import make_cache
-
-
-def make_task_cache(root: Path, teacher: Path, task: str, glue: Path) -> Path:
-
-    out = root / f"{task}-cache"
-    embed_any(
-        **dict(
-            corpus=f"glue:{task}",
-            glue_dir=str(glue),
-            out=out,
-            teacher=str(teacher),
-            window=64,
-            progress=False,
-            dtype="fp32",
-        )
-    )
-    return out
+from student.finetuning.loop import finetune
+from tests.conftest import distil_tiny_student, make_cache, make_task_cache, write_glue
+from tests.student.conftest import make_small_student
+from tests.student.conftest import tiny_finetune as tiny
 
 
 @pytest.fixture(scope="module")
@@ -47,50 +30,14 @@ def caches(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, glue: Path
     return {t: make_task_cache(root, tiny_bert, t, glue) for t in ("sst2", "mrpc", "stsb")}
 
 
-def distil_tiny_student(root: Path, teacher: Path, n: int = 300, steps: int = 20) -> Path:
-    """A tiny distilled student from a tiny wiki-style cache of the same teacher."""
-    cache = make_cache(root, teacher, n=n)
-    cfg = TrainConfig(
-        cache=cache,
-        out=root / "run",
-        hidden_size=16,
-        embedding_dim=16,
-        batch_size=32,
-        max_steps=steps,
-        eval_every=10,
-        checkpoint_every=0,
-        bf16=False,
-        progress=False,
-    )
-    return train(cfg)
-
-
 @pytest.fixture(scope="module")
 def student_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     return distil_tiny_student(tmp_path_factory.mktemp("sra"), tiny_bert)
 
 
-def make_small_student(task_cache: Path, folder: Path) -> Path:
-    """An untrained small student over a task cache's vocabulary (fast to fine-tune)."""
-    from student import StudentConfig, StudentEncoder
-
-    cache = open_cache(task_cache)
-    tokenizer = str(cache.tokenizer_path)
-    vocab = Tokenizer.from_file(tokenizer).get_vocab_size(with_added_tokens=True)
-    config = StudentConfig(vocab, embedding_dim=32, hidden_size=32, output_dim=cache.dim)
-    torch.manual_seed(0)
-    StudentEncoder(config, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def fresh_student(tmp_path_factory: pytest.TempPathFactory, caches: dict) -> Path:
     return make_small_student(caches["sst2"], tmp_path_factory.mktemp("fresh") / "student")
-
-
-def tiny(student: str, task: str, cache: Path, out: Path, **kw) -> FinetuneConfig:  # type: ignore[no-untyped-def]
-    base = dict(epochs=6, batch_size=16, lr=3e-3, bf16=False, progress=False, patience=0)
-    return FinetuneConfig(student=student, task=task, cache=cache, out=out, **(base | kw))
 
 
 def test_task_cache_joins_examples_to_their_sentences(caches, glue):
@@ -177,7 +124,8 @@ def test_encoder_lr_sets_the_encoders_rate_apart_from_the_heads(tmp_path, caches
     assert moved("same") > 1e-3  # the head's rate, 3e-3, for the encoder too
     assert moved("slow", encoder_lr=1e-9) < 1e-6  # the head learns, the encoder barely moves
     run = json.loads((tmp_path / "same" / "finetune.json").read_text())
-    assert "encoder_lr" not in json.dumps(run)  # unset: runs from before the option keep their id
+    # Unset, it is not part of the identity: runs from before the option keep theirs.
+    assert "encoder_lr" not in json.dumps(run["config"])
     with pytest.raises(SraError, match="--encoder-lr must be a positive number"):
         finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "x", encoder_lr=0))
 
@@ -199,34 +147,38 @@ def test_frozen_rows_train_a_linear_head(tmp_path, caches, fresh_student, studen
     assert (tmp_path / student / "encoder").exists() == (student == "frozen")
 
 
-def test_rerun_is_a_no_op_and_resume_continues(tmp_path, caches, fresh_student):
-    fresh = fresh_student
-    cfg = tiny(str(fresh), "sst2", caches["sst2"], tmp_path / "run", epochs=2, select="last")
-    first = finetune(cfg)
-    assert (
-        finetune(
-            tiny(str(fresh), "sst2", caches["sst2"], tmp_path / "run", epochs=2, select="last")
-        )
-        == first
-    )
-    # An interrupted run: drop the outputs, keep the checkpoint after epoch 2 of 3.
-    cfg3 = tiny(str(fresh), "sst2", caches["sst2"], tmp_path / "r3", epochs=3, select="last")
-    full = finetune(cfg3)
-    (tmp_path / "r3" / "metrics.json").unlink()
-    with pytest.raises(SraError, match="--resume"):
-        finetune(tiny(str(fresh), "sst2", caches["sst2"], tmp_path / "r3", epochs=3, select="last"))
-    again = finetune(
-        tiny(
-            str(fresh),
-            "sst2",
-            caches["sst2"],
-            tmp_path / "r3",
-            epochs=3,
-            select="last",
-            resume=True,
-        )
-    )
-    assert again["accuracy"] == full["accuracy"]
+def test_rerun_is_a_no_op_and_an_interrupted_run_resumes(
+    tmp_path, caches, fresh_student, monkeypatch
+):
+    import student.finetuning.loop as loop
+
+    def cfg(out: str):  # type: ignore[no-untyped-def]
+        return tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / out, epochs=3)
+
+    full = finetune(cfg("full"))
+    before = (tmp_path / "full" / "head.safetensors").stat().st_mtime_ns
+    assert finetune(cfg("full")) == full  # finished: its metrics, nothing retrained
+    assert (tmp_path / "full" / "head.safetensors").stat().st_mtime_ns == before
+    info = json.loads((tmp_path / "full" / "finetune.json").read_text())
+    assert info["status"] == "complete" and info["head"]["kind"] == "mlp"
+    assert not (tmp_path / "full" / "checkpoint").exists()
+
+    # Killed after its second epoch's checkpoint: the same command continues from there.
+    real = loop.save_checkpoint
+
+    def save_then_stop(run, model, optimizer, state):  # type: ignore[no-untyped-def]
+        real(run, model, optimizer, state)
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg("killed"))
+    monkeypatch.undo()
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    assert finetune(cfg("killed")) == full
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / "killed" / "metrics.jsonl").open()]
+    assert epochs == [1, 2, 3]
 
 
 def test_bad_input(tmp_path, caches, fresh_student, tiny_bert):
@@ -250,7 +202,7 @@ def test_bad_input(tmp_path, caches, fresh_student, tiny_bert):
     with pytest.raises(SraError, match="sra-weight"):
         run(student="teacher", sra_weight=1.0)
     finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=1))
-    with pytest.raises(SraError, match="different finetune run"):
+    with pytest.raises(SraError, match=r"different finetune run \(differs in: options.epochs\)"):
         finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "other", epochs=2))
     (tmp_path / "other" / "finetune.json").write_bytes(b"\xff{not json")
     with pytest.raises(SraError, match="unreadable"):
@@ -259,7 +211,7 @@ def test_bad_input(tmp_path, caches, fresh_student, tiny_bert):
 
 def test_metrics_against_hand_computed_values():
     from cache.tasks import get_task
-    from student.metrics import accuracy, f1, mcc, task_scores
+    from student.finetuning.metrics import accuracy, f1, mcc, task_scores
 
     p, y = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
     # tp 2, fp 1, fn 1, tn 1

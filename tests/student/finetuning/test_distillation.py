@@ -14,11 +14,12 @@ from cache.task_data import AUGMENTED, read_task
 from pipeline.tasks.augment import AugmentConfig
 from student import SraError
 from student.encoder import StudentEncoder
-from student.finetune import finetune
-from student.task_data import Examples, load_sentences
-from student.task_model import distill_loss
-from tests.conftest import embed_any
-from tests.student.test_finetune import make_small_student, tiny
+from student.finetuning.data import Examples, load_sentences
+from student.finetuning.head import TaskHead, TaskModel, distill_loss
+from student.finetuning.loop import finetune, task_loss
+from tests.conftest import embed_any, make_task_cache
+from tests.student.conftest import make_small_student
+from tests.student.conftest import tiny_finetune as tiny
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_logits_alone_teach_the_task(tmp_path, ft_caches, small_student):
 def test_the_transfer_set_holds_the_augmented_examples(
     tmp_path, ft_caches, small_student, monkeypatch
 ):
-    import student.finetune as ft
+    import student.finetuning.loop as ft
 
     sizes = []
     real = ft.example_batches
@@ -137,35 +138,23 @@ def test_regression_distils_the_scaled_score(tmp_path, ft_caches, small_student)
 
 def test_regression_targets_are_the_teachers_score_over_five(ft_caches, small_student):
     from cache.tasks import get_task
-    from student.finetune import FinetuneConfig, _loss, _Model
 
     cache = open_cache(ft_caches["stsb"])
     sentences = load_sentences(cache, "mean")
-    enc = StudentEncoder.from_pretrained(small_student)
-
-    class Fixed(torch.nn.Module):  # a head that always predicts 0.6
-        def forward(self, u, v=None):  # type: ignore[no-untyped-def]
-            return torch.full((len(u),), 0.6, requires_grad=True)
-
-    model = _Model(enc.model, Fixed())  # type: ignore[arg-type]
     ex = Examples(np.arange(3), np.full(3, np.nan, np.float32), np.arange(3), np.arange(3))
-    cfg = FinetuneConfig(student="", task="stsb", cache=Path(), out=Path(), distill_weight=1.0)
-    cpu = torch.device("cpu")
+    cfg = tiny(str(small_student), "stsb", Path(), Path(), distill_weight=1.0)
+    out = torch.full((3,), 0.6, requires_grad=True)  # a head that always predicts 0.6
+    vectors = (torch.zeros(3, cache.dim), torch.zeros(3, cache.dim))
     teacher = np.full((3, 1), 3.0, np.float32)  # the teacher says 3.0 of 5: target 0.6
-    loss = _loss(
-        model, get_task("stsb"), ex, teacher, np.arange(3), sentences, None, 0, cfg, cpu, False
-    )
+    task = get_task("stsb")
+    loss = task_loss(cfg, task, out, ex, np.arange(3), teacher, vectors, sentences)
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     teacher[:] = 4.0  # target 0.8: squared error 0.04
-    loss = _loss(
-        model, get_task("stsb"), ex, teacher, np.arange(3), sentences, None, 0, cfg, cpu, False
-    )
+    loss = task_loss(cfg, task, out, ex, np.arange(3), teacher, vectors, sentences)
     assert loss.item() == pytest.approx(0.04, abs=1e-5)
 
 
 def test_bad_distillation_options(tmp_path, ft_caches, small_student, tiny_bert, tiny_glue):
-    from tests.student.test_finetune import make_task_cache
-
     plain = make_task_cache(tmp_path, tiny_bert, "sst2", tiny_glue)
     with pytest.raises(CacheError, match="holds no teacher logits"):
         finetune(tiny(str(small_student), "sst2", plain, tmp_path / "a", distill_weight=1.0))
@@ -183,24 +172,23 @@ def test_bad_distillation_options(tmp_path, ft_caches, small_student, tiny_bert,
 
 
 def test_unlabelled_rows_add_no_label_loss(ft_caches, small_student):
+    from dataclasses import replace
+
     from cache.tasks import get_task
-    from student.finetune import FinetuneConfig, _loss, _Model
-    from student.task_model import TaskHead
 
     cache = open_cache(ft_caches["sst2"])
     task = get_task("sst2")
     sentences = load_sentences(cache, "mean")
     enc = StudentEncoder.from_pretrained(small_student)
-    model = _Model(enc.model, TaskHead(cache.dim, False, 2, "mlp", 16, 0.0))
+    model = TaskModel(enc.model, TaskHead(cache.dim, False, 2, "mlp", 16, 0.0))
     ex = Examples(np.arange(4), np.array([-1, -1, -1, -1]), np.arange(4), None)
-    cfg = FinetuneConfig(student="", task="sst2", cache=Path(), out=Path())
-    loss = _loss(
-        model, task, ex, None, np.arange(4), sentences, None, 0, cfg, torch.device("cpu"), False
-    )
+    cfg = tiny(str(small_student), "sst2", Path(), Path())
+    rows = np.arange(4)
+    u, v = model.vectors(ex, rows, sentences, None, 0, torch.device("cpu"))
+    out = model.head(u, v).float()
+    loss = task_loss(cfg, task, out, ex, rows, None, (u, v), sentences)
     assert loss.item() == 0.0
     logits = np.zeros((4, 2), np.float32)
-    cfg.distill_weight = 1.0
-    loss = _loss(
-        model, task, ex, logits, np.arange(4), sentences, None, 0, cfg, torch.device("cpu"), False
-    )
+    cfg = replace(cfg, distill_weight=1.0)
+    loss = task_loss(cfg, task, out, ex, rows, logits, (u, v), sentences)
     assert loss.item() > 0 and loss.requires_grad

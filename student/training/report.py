@@ -8,24 +8,30 @@ and ``report.md`` into the run folder. Works on a finished run or one still trai
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
 from cache.errors import SraError
+from cache.options import option
+from student.runs.progress import MetricsLog
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What `pipeline report` takes."""
+
+    run: Path = option(MISSING, "Run folder written by pipeline train.", argument=True)
 
 
 def read_metrics(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training lines, validation lines) of ``metrics.jsonl``; unreadable lines are skipped
     (a killed run can leave half a line)."""
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        raise SraError(f"{path} is missing: point at a folder written by `pipeline train`")
+    log = MetricsLog(run)
+    if not log.path.is_file():
+        raise SraError(f"{log.path} is missing: point at a folder written by `pipeline train`")
     train, val = [], []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in log.read():
         if "val_cos" in record:
             val.append(record)
         elif "loss" in record:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from cache import open_cache
-from student.data import (
-    DataConfig,
+from student.training.config import DataConfig
+from student.training.data import (
     DataPosition,
     ShardRows,
     TrainData,
@@ -20,34 +21,10 @@ from student.data import (
     plan_batches,
     validation_batches,
 )
-from tests.conftest import write_corpus
+from tests.conftest import make_cache
 
 # 3 DataLoader workers on a 2-core machine warn; uneven worker counts are the point here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*worker processes in total:UserWarning")
-
-
-def make_cache(
-    root: Path,
-    teacher: Path,
-    n: int = 400,
-    shard_rows: int = 150,
-    lines: list[str] | None = None,
-    **kw,
-) -> Path:
-    """A real stage-one cache of n sentences from the tiny random BERT (fp32, < 1 s); of
-    ``lines`` instead of the shared random-word corpus when given."""
-    from pipeline.embedding import EmbedConfig, embed
-
-    root.mkdir(parents=True, exist_ok=True)
-    if lines is None:
-        corpus = write_corpus(root / "corpus.txt", n)
-    else:
-        corpus = root / "corpus.txt"
-        corpus.write_text("\n".join(lines) + "\n")
-    out = root / f"cache-{n}-{shard_rows}"
-    kw = {"window": 64, "shard_rows": shard_rows, "progress": False, "dtype": "fp32"} | kw
-    embed(EmbedConfig(corpus=str(corpus), out=out, teacher=str(teacher), **kw))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +123,7 @@ def test_every_training_row_once_per_epoch_within_budget(cache_dir, world, worke
     lookup = ids_of(cache_dir)
     seen: list[int] = []
     for rank in range(world):
-        data = TrainData(c, cfg, split, rank=rank, world_size=world, workers=workers)
+        data = TrainData(c, replace(cfg, workers=workers), split, rank=rank, world_size=world)
         data.set_epoch(1)
         batches = list(data) if workers == 0 else list(_loader(data, workers))
         assert len(batches) == data.num_batches()
@@ -215,13 +192,13 @@ def test_resume_position_continues_the_exact_batch_sequence(cache_dir, workers, 
     # Uneven streams (3 shards of 192/192/16 rows) exercise exhausted workers.
     cfg = DataConfig(token_budget=200, batch_size=8, shuffle_buffer=100)
     split = compute_split(c, cfg)
-    data = TrainData(c, cfg, split, workers=workers)
+    data = TrainData(c, replace(cfg, workers=workers), split)
     data.set_epoch(2)
     full = list(data) if workers == 0 else list(_loader(data, workers))
     position = DataPosition([0] * data.streams)
     for b in full[:stop]:
         position.advance(b, data.streams)
-    resumed = TrainData(c, cfg, split, workers=workers)
+    resumed = TrainData(c, replace(cfg, workers=workers), split)
     resumed.set_epoch(2, position)
     rest = list(resumed) if workers == 0 else list(_loader(resumed, workers))
     key = [(b.stream, b.index) for b in full[stop:]]

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from cache import CacheWriter, open_cache
 from student import StudentEncoder
-from student.data import DataConfig, compute_split
-from tests.conftest import REPO
-from tests.student.test_data import make_cache
+from student.training.config import DataConfig
+from student.training.data import compute_split
+from tests.conftest import REPO, make_cache
 
 TINY = ["--hidden-size", "16", "--embedding-dim", "16", "--batch-size", "32"]
 TINY += ["--token-budget", "800", "--val-fraction", "0.05", "--no-bf16", "--no-progress"]
@@ -80,9 +80,9 @@ def test_train_then_report(app, cache_dir, tmp_path):
 
     # Same folder, another config: refused, in one line, naming what differs.
     line = error_line(invoke(app, *args, "--lr", "0.1", *TINY))
-    assert "holds a different run (differs in: optim.lr)" in line
+    assert "holds a different training run (differs in: optim.lr)" in line
     line = error_line(invoke(app, *args, "--lr", "0.1", "--resume", *TINY))
-    assert "cannot --resume" in line
+    assert "differs in: optim.lr" in line
     line = error_line(invoke(app, "report", str(tmp_path)))
     assert "run.json is missing" in line
 

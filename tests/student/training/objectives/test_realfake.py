@@ -13,30 +13,29 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from student import SraError, StudentEncoder
+from cache.options import configure
+from student import SraError, StudentEncoder, TrainConfig, train
 from student.config import StudentConfig
 from student.model import BiLSTMEncoder
-from student.realfake import (
+from student.training.objectives.realfake import (
     CONTINUES,
     PUNCTUATION,
-    RealFakeHead,
-    StudentWithRF,
-    StudentWithTokenRF,
-    TokenRFHead,
     corrupt,
     replace_tokens,
+    sentence_head,
+    sentence_loss,
+    token_head,
     token_kinds,
+    token_loss,
 )
-from student.train import TrainConfig, train
-from tests.conftest import build_tiny_tokenizer
-from tests.student.test_data import make_cache
-from tests.student.test_train import (
+from tests.conftest import build_tiny_tokenizer, make_cache
+from tests.student.conftest import (
     assert_same_weights,
     interrupt_after_checkpoint,
     metrics,
-    tiny,
     weights,
 )
+from tests.student.conftest import tiny_train as tiny
 
 
 @pytest.fixture(scope="module")
@@ -148,19 +147,19 @@ def test_token_replacement_keeps_lengths_ends_and_whole_words(tok):
     assert replaced_total > 40  # at least one per row most of the time
 
 
-def test_student_with_token_rf_gives_the_students_vectors_and_a_balanced_accuracy():
-    model = _tiny_student()
-    net = StudentWithTokenRF(model, TokenRFHead(model, hidden=8)).eval()
+def test_token_rf_gives_the_students_vectors_and_a_balanced_accuracy():
+    model = _tiny_student().eval()
+    head = token_head(model, hidden=8)
     ids, lengths = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([4, 3])
     fake = torch.tensor([[1, 9, 7, 2], [1, 5, 2, 0]])
-    vectors, loss, acc = net(ids, lengths, fake, fake != ids)
+    vectors, loss, acc = token_loss(model, head, ids, lengths, fake, fake != ids)
     assert torch.allclose(vectors, model(ids, lengths), atol=1e-6)
     assert loss.dim() == 0 and 0 <= float(acc) <= 1
     # A head that says "kept" everywhere scores exactly 0.5, whatever the share replaced.
     with torch.no_grad():
-        net.rf.net[-1].weight.zero_()
-        net.rf.net[-1].bias.fill_(-5.0)
-    assert float(net(ids, lengths, fake, fake != ids)[2]) == pytest.approx(0.5)
+        head.net[-1].weight.zero_()
+        head.net[-1].bias.fill_(-5.0)
+    assert float(token_loss(model, head, ids, lengths, fake, fake != ids)[2]) == pytest.approx(0.5)
 
 
 def test_training_with_token_rf_learns_to_spot_replaced_words(tmp_path, cache_dir):
@@ -174,12 +173,14 @@ def test_training_with_token_rf_learns_to_spot_replaced_words(tmp_path, cache_di
     assert identity["rf"]["level"] == "token"
 
 
-def test_student_with_rf_gives_the_students_vectors_and_a_loss():
-    model = _tiny_student()
-    net = StudentWithRF(model, RealFakeHead(model, hidden=8)).eval()
+def test_sentence_rf_gives_the_students_vectors_and_a_loss():
+    model = _tiny_student().eval()
+    head = sentence_head(model, hidden=8)
     ids, lengths = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]), torch.tensor([4, 3])
     fake, fake_lengths = torch.tensor([[1, 7, 5, 9, 2]]), torch.tensor([5])
-    vectors, loss, acc = net(ids, lengths, fake.expand(2, -1), fake_lengths.expand(2))
+    vectors, loss, acc = sentence_loss(
+        model, head, ids, lengths, fake.expand(2, -1), fake_lengths.expand(2)
+    )
     assert torch.allclose(vectors, model(ids, lengths), atol=1e-6)
     assert loss.dim() == 0 and 0 <= float(acc) <= 1
 
@@ -205,7 +206,7 @@ def test_resume_with_rf_gives_the_same_weights(tmp_path, cache_dir, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(cache_dir, out, **opts))
     monkeypatch.undo()
-    train(tiny(cache_dir, out, resume=True, **opts))
+    train(tiny(cache_dir, out, **opts))  # resumes
     assert_same_weights(reference, out)
 
 
@@ -219,5 +220,5 @@ def test_resume_with_rf_gives_the_same_weights(tmp_path, cache_dir, monkeypatch)
 )
 def test_refusals(tmp_path, cache_dir, opts, message):
     with pytest.raises(SraError, match=message):
-        train(TrainConfig(cache=cache_dir, out=tmp_path / "run", **opts))
+        train(configure(TrainConfig, cache=cache_dir, out=tmp_path / "run", **opts))
     assert not (tmp_path / "run").exists()

@@ -12,19 +12,28 @@ import pytest
 import torch
 
 from cache import open_cache
-from student import SraError, StudentEncoder
+from cache.options import configure
+from student import SraError, StudentEncoder, TrainConfig, train
 from student.config import StudentConfig
-from student.lm import BiLMHead, StudentWithLM, sampling_distribution, unigram_counts
 from student.model import BiLSTMEncoder
-from student.train import TrainConfig, train
-from tests.student.test_data import make_cache
-from tests.student.test_train import (
+from student.training.objectives.bilm import (
+    BiLM,
+    BiLMOptions,
+    bilm_head,
+    draw,
+    lm_loss,
+    predictions,
+    sampling_distribution,
+    unigram_counts,
+)
+from tests.conftest import make_cache
+from tests.student.conftest import (
     assert_same_weights,
     interrupt_after_checkpoint,
     metrics,
-    tiny,
     weights,
 )
+from tests.student.conftest import tiny_train as tiny
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +41,13 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path
     return make_cache(tmp_path_factory.mktemp("lm"), tiny_bert)
 
 
-def small(vocab: int = 40, samples: int = 8) -> tuple[BiLSTMEncoder, BiLMHead]:
+def small(vocab: int = 40, samples: int = 8) -> tuple[BiLSTMEncoder, torch.nn.Module]:
     torch.manual_seed(0)
     model = BiLSTMEncoder(
         StudentConfig(vocab_size=vocab, embedding_dim=6, hidden_size=5, output_dim=4, dropout=0)
     )
     probs = sampling_distribution(np.arange(vocab) + 1, pad_id=0)
-    return model, BiLMHead(model, probs, samples)
+    return model, bilm_head(model, probs, samples)
 
 
 def test_no_state_has_read_the_token_it_predicts():
@@ -50,7 +59,7 @@ def test_no_state_has_read_the_token_it_predicts():
 
     def queries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i, n, out = model.eval().states(x, lengths)
-        return head.predictions(out, i, n)
+        return predictions(head, out, i, n)
 
     (qa, ta), (qb, tb) = queries(ids), queries(changed)
     # Token 3 is the target of forward t = 2 and of backward t = 4, nothing else.
@@ -77,9 +86,9 @@ def test_sampled_softmax_matches_a_hand_computed_loss():
     lengths = torch.tensor([4, 3])
     negatives = torch.tensor([5, 3, 3, 9, 20, 2])
     i, n, out = model.eval().states(ids, lengths)
-    loss = head(out, i, n, negatives, model.embedding.weight)
+    loss = lm_loss(head, out, i, n, negatives, model.embedding.weight)
 
-    queries, targets = head.predictions(out, i, n)
+    queries, targets = predictions(head, out, i, n)
     table, bias = model.embedding.weight, head.bias
     log_q = torch.log(head.probs * 6)  # by hand, not head.log_count
     total = 0.0
@@ -132,7 +141,7 @@ def test_resume_with_the_lm_gives_the_same_weights(tmp_path, cache_dir, monkeypa
     ckpt = out / "checkpoint" / "step-000000014" / "model.safetensors"
     assert any(k.startswith("lm.") for k in _keys(ckpt))
     monkeypatch.undo()
-    train(tiny(cache_dir, out, resume=True, **opts))
+    train(tiny(cache_dir, out, **opts))  # resumes
     assert_same_weights(reference, out)
 
 
@@ -148,19 +157,25 @@ def _keys(path: Path) -> list[str]:
     [
         (dict(lm_weight=0.5, layers=2), "--lm-weight needs --layers 1"),
         (dict(lm_weight=-1.0), "--lm-weight must be a number >= 0"),
-        (dict(lm_weight=0.5, lm_samples=0), "--lm-samples >= 1"),
+        (dict(lm_weight=0.5, lm_samples=0), "--lm-samples must be >= 1"),
     ],
 )
 def test_refusals(tmp_path, cache_dir, opts, message):
     with pytest.raises(SraError, match=message):
-        train(TrainConfig(cache=cache_dir, out=tmp_path / "run", **opts))
+        train(configure(TrainConfig, cache=cache_dir, out=tmp_path / "run", **opts))
     assert not (tmp_path / "run").exists()
 
 
-def test_student_with_lm_forward_equals_the_student():
+@torch.no_grad()
+def test_the_objective_runs_the_student_once_and_gives_its_vectors():
     model, head = small()
-    net = StudentWithLM(model, head).eval()
+    model.eval()
+    lm = BiLM(BiLMOptions(weight=0.5, samples=8), head, seed=0)
     ids = torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]])
     lengths = torch.tensor([4, 3])
-    vectors, loss = net(ids, lengths, head.draw(torch.Generator().manual_seed(0)))
-    assert torch.allclose(vectors, model(ids, lengths)) and loss.dim() == 0
+    negatives = draw(head, torch.Generator().manual_seed(0))
+    vectors, side = lm.run(model, head, ids, lengths, negatives)
+    assert torch.allclose(vectors, model(ids, lengths)) and side["lm_loss"].dim() == 0
+    share, logged = lm.loss(vectors, vectors, side)
+    assert float(share) == pytest.approx(0.5 * float(side["lm_loss"]))
+    assert set(logged) == {"lm_loss"}

@@ -22,12 +22,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cache import Cache, CacheError
+from cache.errors import SraError
+from student.training.config import DataConfig
+
+if TYPE_CHECKING:
+    from student.training.dist import Dist
 
 # Fibonacci hashing: id * 2**64/phi mod 2**64 spreads consecutive ids evenly over [0, 2**64),
 # so "hash below a threshold" picks an even, layout-independent sprinkle of rows.
@@ -44,27 +50,6 @@ _REF_SHIFT = 32  # a row reference packs (shard, row) into one int64: shard << 3
 def id_hash(ids: np.ndarray) -> np.ndarray:
     """The split hash of each id (uint64; multiplication wraps mod 2**64)."""
     return np.asarray(ids).astype(np.uint64) * HASH_MULTIPLIER
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How batches are cut from the cache; every field changes which batches a run sees."""
-
-    pooling: str = "mean"  # a cache column, or a comma list of them to approximate together
-    token_budget: int = 8192  # padded tokens (rows * longest row) per batch
-    batch_size: int = 256  # most rows per batch
-    shuffle_buffer: int = 100_000  # rows shuffled and length-sorted together
-    val_fraction: float = 0.01
-    val_min_rows: int = 8
-    val_max_rows: int = 2000  # validation is measured on at most this many held-out rows
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("token_budget", "batch_size", "shuffle_buffer", "val_max_rows"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.val_fraction < 0.5:
-            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
 
 
 @dataclass(frozen=True)
@@ -264,7 +249,8 @@ def _split_range(start: int, stop: int, parts: int, index: int) -> tuple[int, in
 
 class TrainData(IterableDataset):
     """The training rows of one rank as an iterable of ``Batch``; use with a DataLoader with
-    ``batch_size=None`` (batches are already formed) and ``workers`` worker processes.
+    ``batch_size=None`` (batches are already formed) and ``cfg.workers`` worker processes
+    (``epoch_batches`` does).
 
     Call ``set_epoch`` before iterating. With workers, the DataLoader interleaves its workers'
     batches round-robin starting at worker 0; ``set_epoch(epoch, position)`` rotates which
@@ -280,7 +266,6 @@ class TrainData(IterableDataset):
         pad_id: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        workers: int = 0,
     ) -> None:
         super().__init__()
         self.cache = cache
@@ -289,7 +274,7 @@ class TrainData(IterableDataset):
         self.pad_id = pad_id
         self.rank = rank
         self.world_size = world_size
-        self.streams = max(1, workers)
+        self.streams = max(1, cfg.workers)
         self.epoch = 0
         self.position = DataPosition([0] * self.streams, 0)
         self._rows: ShardRows | None = None
@@ -402,6 +387,47 @@ class TrainData(IterableDataset):
                     del live[stream]
                 else:
                     yield batch
+
+
+def epoch_batches(data: TrainData, epoch: int) -> Iterator[Batch]:
+    """One epoch of ``data`` (``set_epoch`` first): in-process, or from its DataLoader workers."""
+    if data.cfg.workers == 0:
+        return iter(data)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,
+        num_workers=data.cfg.workers,
+        # Its own generator: DataLoader otherwise draws worker seeds from the global RNG,
+        # which would shift the dropout masks of a resumed run.
+        generator=torch.Generator().manual_seed(data.cfg.seed * 1_000_003 + epoch),
+        prefetch_factor=4,
+    )
+    return iter(loader)
+
+
+class StepCounter:
+    """Steps per epoch: the rank with the fewest batches sets it, so DDP ranks stay in step."""
+
+    def __init__(self, data: TrainData, dist: Dist) -> None:
+        self.data = data
+        self.dist = dist
+        self._counts: dict[int, int] = {}
+
+    def __call__(self, epoch: int) -> int:
+        if epoch not in self._counts:
+            self.data.set_epoch(epoch)
+            self._counts[epoch] = int(self.dist.min(self.data.num_batches()))
+        return self._counts[epoch]
+
+    def total(self, epochs: int | None, max_steps: int | None) -> int:
+        """All the run's steps: ``epochs`` passes (1 by default), capped by ``max_steps``; or,
+        with only ``max_steps``, as many passes as it needs."""
+        if epochs is None and max_steps is not None:
+            return max_steps
+        total = sum(self(e) for e in range(epochs or 1))
+        if total < 1:
+            raise SraError("the cache gives no training batches; use a larger cache")
+        return min(total, max_steps) if max_steps is not None else total
 
 
 def validation_batches(cache: Cache, cfg: DataConfig, split: Split, pad_id: int = 0) -> list[Batch]:
