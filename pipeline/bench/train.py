@@ -118,8 +118,9 @@ def data_path_cost(
 ) -> dict[str, Any]:
     from dataclasses import replace
 
-    from student.training.data import TrainData, check_trainable, compute_split
+    from student.training.data import TrainData, check_trainable
     from student.training.setup import cache_tokenizer, student_config
+    from student.training.validation import compute_split
 
     cache = open_cache(cache_path)
     pooling = defaults.data.pooling

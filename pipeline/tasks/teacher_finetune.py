@@ -17,7 +17,6 @@ a killed run mid-epoch. torch loads inside the functions: the config is read at 
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from dataclasses import MISSING, asdict, dataclass
@@ -27,11 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cache.errors import SraError
-from cache.files import fsync_dir, write_atomic
+from cache.files import write_atomic
 from cache.options import internal, nested, option, option_values
 from cache.tasks import TaskSpec, dev_splits, get_task
-from pipeline.tasks.glue import Example
-from student.finetuning.metrics import task_scores
 from student.runs.checkpoint import (
     json_bytes,
     optimizer_files,
@@ -151,6 +148,14 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
     import torch
 
     from pipeline.tasks.corpus import load_task_corpus
+    from pipeline.tasks.teacher_model import (
+        Encoded,
+        load_model,
+        no_decay,
+        reload,
+        save_model,
+        score,
+    )
 
     corpus = load_task_corpus(f"glue:{cfg.task}", cfg.glue_dir)
     task = corpus.task
@@ -162,18 +167,18 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
     device = resolve_device(cfg.run.device)
     bf16 = resolve_bf16(cfg.run.bf16, device)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = _load_model(cfg, task)
+    model, tokenizer = load_model(cfg.teacher, task, cfg.trust_remote_code)
     model.to(device)
-    train = _Encoded(tokenizer, corpus.examples["train"], task, cfg.max_length)
+    train = Encoded(tokenizer, corpus.examples["train"], task, cfg.max_length)
     evals = {
-        s: _Encoded(tokenizer, corpus.examples[s], task, cfg.max_length) for s in dev_splits(task)
+        s: Encoded(tokenizer, corpus.examples[s], task, cfg.max_length) for s in dev_splits(task)
     }
 
     epochs = cfg.epochs or (1 if len(train) > LARGE_TASK else 3)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = epochs * steps_per_epoch
-    decay = [p for n, p in model.named_parameters() if not _no_decay(n)]
-    rest = [p for n, p in model.named_parameters() if _no_decay(n)]
+    decay = [p for n, p in model.named_parameters() if not no_decay(n)]
+    rest = [p for n, p in model.named_parameters() if no_decay(n)]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.optim.weight_decay},
@@ -222,7 +227,7 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
                 progress.update(step + 1, f"epoch {epoch + 1}/{epochs} · loss {losses[-1]:.4f}")
                 if state.batch % cfg.save_every == 0 and state.batch < len(batches):
                     _save_checkpoint(run, model, optimizer, state, step + 1)
-            scores = {s: _evaluate(model, e, task, device, bf16)[0] for s, e in evals.items()}
+            scores = {s: score(model, e, task, device, bf16)[0] for s, e in evals.items()}
             main = scores[dev][task.main_metric]
             record = {
                 "epoch": epoch + 1,
@@ -242,15 +247,15 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
             )
             if state.best is None or main > state.best:
                 state.best, state.best_epoch = main, epoch + 1
-                _save_model(cfg.out, model, tokenizer)
+                save_model(cfg.out, model, tokenizer)
             state.epoch, state.batch = epoch + 1, 0
             _save_checkpoint(run, model, optimizer, state, (epoch + 1) * steps_per_epoch)
 
     # The folder holds the best epoch's model; score it once more for metrics.json.
-    best_model = _reload(cfg.out, device)
+    best_model = reload(cfg.out, device)
     metrics: dict[str, Any] = {}
     for split, encoded in evals.items():
-        scores, _ = _evaluate(best_model, encoded, task, device, bf16)
+        scores, _ = score(best_model, encoded, task, device, bf16)
         if split == dev:
             metrics.update(scores)
         else:
@@ -278,165 +283,6 @@ def _read_metrics(out: Path) -> dict[str, Any]:
         raise SraError(
             f"{out / METRICS_JSON} is unreadable ({type(e).__name__}); pass --overwrite"
         ) from None
-
-
-# ---------------------------------------------------------------------------- data
-
-
-class _Encoded:
-    """One split tokenized once: pairs jointly (``[CLS] a [SEP] b [SEP]``), as BERT reads them."""
-
-    def __init__(self, tokenizer: Any, examples: list[Example], task: TaskSpec, max_length: int):
-        first = [e.text_a for e in examples]
-        second = [e.text_b or "" for e in examples] if task.pair else None
-        enc = tokenizer(first, second, truncation=True, max_length=max_length)
-        self.ids: list[list[int]] = enc["input_ids"]
-        self.types: list[list[int]] = enc.get("token_type_ids") or [[0] * len(x) for x in self.ids]
-        self.lengths = np.array([len(x) for x in self.ids])
-        dtype = np.float32 if task.is_regression else np.int64
-        self.labels = np.array([e.label if e.label is not None else -1 for e in examples], dtype)
-        self.pad_id = int(tokenizer.pad_token_id or 0)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batches(self, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-        """Length-bucketed batches, shuffled with ``rng`` (as the student's fine-tuning)."""
-        from student.finetuning.data import length_batches
-
-        return list(length_batches(self.lengths, size, rng))
-
-    def inputs(
-        self, rows: np.ndarray, device: torch.device, labels: bool
-    ) -> dict[str, torch.Tensor]:
-        import torch
-
-        longest = int(self.lengths[rows].max())
-        ids = np.full((len(rows), longest), self.pad_id, np.int64)
-        types = np.zeros((len(rows), longest), np.int64)
-        mask = np.zeros((len(rows), longest), np.int64)
-        for r, i in enumerate(rows):
-            n = self.lengths[i]
-            ids[r, :n], types[r, :n], mask[r, :n] = self.ids[i], self.types[i], 1
-        out = {
-            "input_ids": torch.from_numpy(ids).to(device),
-            "token_type_ids": torch.from_numpy(types).to(device),
-            "attention_mask": torch.from_numpy(mask).to(device),
-        }
-        if labels:
-            out["labels"] = torch.from_numpy(self.labels[rows]).to(device)
-        return out
-
-
-def _evaluate(
-    model: Any, data: _Encoded, task: TaskSpec, device: torch.device, bf16: bool
-) -> tuple[dict[str, float], np.ndarray]:
-    import torch
-
-    was_training = model.training
-    model.eval()
-    logits = np.empty((len(data), task.num_labels), np.float32)
-    with torch.inference_mode():
-        for rows in data.batches(128, None):
-            with autocast(device, bf16):
-                outputs = model(**data.inputs(rows, device, labels=False))
-                logits[rows] = outputs.logits.float().cpu()
-    model.train(was_training)
-    predictions = logits[:, 0] if task.is_regression else logits.argmax(-1)
-    return task_scores(task, predictions, data.labels), logits
-
-
-# ---------------------------------------------------------------------------- the model
-
-
-def _load_model(cfg: TeacherFinetuneConfig, task: TaskSpec) -> tuple[Any, Any]:
-    """The encoder plus a fresh classification (or regression) head sized for the task."""
-    import transformers
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from pipeline.teacher import check_encoder, load_error_message, resolve_teacher
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    name = cfg.teacher or "sentence-transformers/all-MiniLM-L6-v2"
-    source = resolve_teacher(cfg.teacher)
-    labels = list(task.labels) if task.labels is not None else ["score"]
-    try:
-        config = AutoConfig.from_pretrained(
-            source,
-            num_labels=task.num_labels,
-            id2label=dict(enumerate(labels)),
-            label2id={v: i for i, v in enumerate(labels)},
-            problem_type="regression" if task.is_regression else "single_label_classification",
-            trust_remote_code=cfg.trust_remote_code,
-        )
-        # A teacher already fine-tuned on another task is an intermediate-task start
-        # (STILTs, Phang et al. 2018): its encoder is kept, its head is not (below).
-        previous_task = getattr(config, "finetuning_task", None)
-        # transformers 5 dropped the standard field; an extra attribute still round-trips
-        # through config.json, and stage one reads it to tie the logits to their task.
-        config.finetuning_task = task.name
-        check_encoder(name, config)
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, use_fast=True, trust_remote_code=cfg.trust_remote_code
-        )
-        # A head fine-tuned for another label set is replaced rather than refused: the encoder
-        # is what we start from.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            config=config,
-            ignore_mismatched_sizes=True,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    except (OSError, ValueError) as e:
-        raise SraError(load_error_message(name, e)) from None
-    if previous_task and previous_task != task.name:
-        # Same label count, other meanings (MRPC's 1 is "equivalent", RTE's 0 "entailment"):
-        # a head of the right size is still the wrong head.
-        _reset_head(model)
-    return model, tokenizer
-
-
-def _reset_head(model: Any) -> None:
-    """Re-initialise every module outside the encoder, as a fresh head would be (BERT's init)."""
-    import torch
-
-    # Not model._init_weights: on a model from from_pretrained it skips the modules it loaded.
-    std = getattr(model.config, "initializer_range", 0.02)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if not name or name.startswith(model.base_model_prefix):
-                continue
-            if isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0.0, std)
-                if module.bias is not None:
-                    module.bias.zero_()
-            elif isinstance(module, torch.nn.LayerNorm):
-                module.weight.fill_(1.0)
-                module.bias.zero_()
-
-
-def _no_decay(name: str) -> bool:
-    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-
-
-def _save_model(out: Path, model: Any, tokenizer: Any) -> None:
-    """save_pretrained into a temporary folder, then each file renamed into ``out``."""
-    tmp = out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    fsync_dir(tmp)
-    for f in sorted(tmp.iterdir()):
-        f.replace(out / f.name)
-    tmp.rmdir()
-    fsync_dir(out)
-
-
-def _reload(out: Path, device: torch.device) -> Any:
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(out).to(device).eval()
 
 
 # ---------------------------------------------------------------------------- checkpoints

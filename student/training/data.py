@@ -11,7 +11,8 @@ the cache is. One epoch, for one process:
    buffer: only row references are held). A group is shuffled, sorted by token length and cut
    into batches by a token budget, preferring batches whose rows all have the same length (no
    padding, and the LSTM's fast unpacked path), then the batches are shuffled.
-3. Rows whose ``id`` hashes below a threshold are held out for validation, wherever they sit.
+3. Rows held out for validation (``validation.compute_split``: their ``id`` hashes below a
+   threshold, wherever they sit) are skipped.
 
 Everything is a pure function of (seed, epoch, stream layout), so a resumed run can skip to
 its exact position: ``set_epoch(epoch, DataPosition)`` skips batches without building them.
@@ -34,78 +35,13 @@ from student.training.config import DataConfig
 
 if TYPE_CHECKING:
     from student.training.dist import Dist
-
-# Fibonacci hashing: id * 2**64/phi mod 2**64 spreads consecutive ids evenly over [0, 2**64),
-# so "hash below a threshold" picks an even, layout-independent sprinkle of rows.
-HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
-HASH_SPACE = 1 << 64
+    from student.training.validation import Split
 
 # A run of equal-length rows shorter than a full batch still gets its own (padding-free) batch
 # when it holds at least this share of a full batch; smaller runs join mixed-length batches.
 UNIFORM_SHARE = 0.1
 
-_REF_SHIFT = 32  # a row reference packs (shard, row) into one int64: shard << 32 | row
-
-
-def id_hash(ids: np.ndarray) -> np.ndarray:
-    """The split hash of each id (uint64; multiplication wraps mod 2**64)."""
-    return np.asarray(ids).astype(np.uint64) * HASH_MULTIPLIER
-
-
-@dataclass(frozen=True)
-class Split:
-    """Held-out rows are those with ``id_hash(id) < threshold``; validation measures the
-    (smaller or equal) set below ``eval_threshold``. Both depend only on the set of ids."""
-
-    threshold: int
-    eval_threshold: int
-    held_out: int  # rows below threshold
-    evaluated: int  # rows below eval_threshold
-    total: int
-
-    @property
-    def train_rows(self) -> int:
-        return self.total - self.held_out
-
-    def held_out_mask(self, ids: np.ndarray) -> np.ndarray:
-        return id_hash(ids) < np.uint64(min(self.threshold, HASH_SPACE - 1))
-
-    def eval_mask(self, ids: np.ndarray) -> np.ndarray:
-        return id_hash(ids) < np.uint64(min(self.eval_threshold, HASH_SPACE - 1))
-
-
-def compute_split(cache: Cache, cfg: DataConfig) -> Split:
-    """Scan the ``id`` column once (a few bytes a row) to fix the held-out thresholds.
-
-    The threshold is ``val_fraction`` of the hash space, raised if needed so at least
-    ``val_min_rows`` rows are held out; validation uses the ``val_max_rows`` smallest hashes of
-    those. Reading every shard here also surfaces a missing or truncated shard before training.
-    """
-    total = cache.num_rows
-    if cfg.val_fraction == 0:
-        return Split(0, 0, 0, 0, total)
-    k = max(cfg.val_min_rows, cfg.val_max_rows)
-    smallest = np.empty(0, dtype=np.uint64)
-    for shard in range(len(cache.shards)):
-        h = id_hash(cache.read_shard(shard, ["id"]).column(0).to_numpy())
-        if len(h) > k:
-            h = np.partition(h, k - 1)[:k]
-        smallest = np.sort(np.concatenate([smallest, h]))[:k]
-    threshold = int(cfg.val_fraction * HASH_SPACE)
-    # Never hold out more than half the cache, however small it is.
-    min_rows = min(cfg.val_min_rows, total // 2)
-    if min_rows and len(smallest) >= min_rows:
-        threshold = max(threshold, int(smallest[min_rows - 1]) + 1)
-    eval_threshold = threshold
-    if len(smallest) >= cfg.val_max_rows:
-        eval_threshold = min(threshold, int(smallest[cfg.val_max_rows - 1]) + 1)
-    held_out = evaluated = 0
-    split = Split(threshold, eval_threshold, 0, 0, total)
-    for shard in range(len(cache.shards)):
-        ids = cache.read_shard(shard, ["id"]).column(0).to_numpy()
-        held_out += int(split.held_out_mask(ids).sum())
-        evaluated += int(split.eval_mask(ids).sum())
-    return Split(threshold, eval_threshold, held_out, evaluated, total)
+REF_SHIFT = 32  # a row reference packs (shard, row) into one int64: shard << 32 | row
 
 
 def plan_batches(
@@ -215,8 +151,8 @@ class ShardRows:
 
     def batch(self, refs: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Padded ids [B, L], lengths [B], targets [B, dim] for packed row references."""
-        shards = refs >> _REF_SHIFT
-        rows = refs & ((1 << _REF_SHIFT) - 1)
+        shards = refs >> REF_SHIFT
+        rows = refs & ((1 << REF_SHIFT) - 1)
         lengths = np.empty(len(refs), dtype=np.int64)
         starts = np.empty(len(refs), dtype=np.int64)
         targets: np.ndarray | None = None
@@ -321,7 +257,7 @@ class TrainData(IterableDataset):
         for shard, start, stop in self._stream_ranges(stream):
             ids = self.cache.read_shard(shard, ["id"]).column(0).to_numpy()[start:stop]
             rows = np.arange(start, stop, dtype=np.int64)[~self.split.held_out_mask(ids)]
-            pending.append((np.int64(shard) << _REF_SHIFT) | rows)
+            pending.append((np.int64(shard) << REF_SHIFT) | rows)
             size += len(rows)
             if size >= self.cfg.shuffle_buffer:
                 yield np.concatenate(pending)
@@ -334,14 +270,14 @@ class TrainData(IterableDataset):
         for g, refs in enumerate(self._groups(stream)):
             rng = np.random.default_rng([self.cfg.seed, self.epoch, self.rank, stream, g])
             refs = refs[rng.permutation(len(refs))]
-            shards = refs >> _REF_SHIFT
+            shards = refs >> REF_SHIFT
             lengths = np.empty(len(refs), dtype=np.int64)
             in_group = np.unique(shards).tolist()
             # Keep every shard of the group mapped: its batches draw rows from all of them.
             self.rows.keep = max(self.rows.keep, len(in_group) + 1)
             for shard in in_group:
                 sel = shards == shard
-                lengths[sel] = self.rows.lengths(shard)[refs[sel] & ((1 << _REF_SHIFT) - 1)]
+                lengths[sel] = self.rows.lengths(shard)[refs[sel] & ((1 << REF_SHIFT) - 1)]
             for batch in plan_batches(lengths, self.cfg.token_budget, self.cfg.batch_size, rng):
                 yield refs[batch]
 
@@ -428,31 +364,6 @@ class StepCounter:
         if total < 1:
             raise SraError("the cache gives no training batches; use a larger cache")
         return min(total, max_steps) if max_steps is not None else total
-
-
-def validation_batches(cache: Cache, cfg: DataConfig, split: Split, pad_id: int = 0) -> list[Batch]:
-    """The evaluated held-out rows, length-sorted into batches, built once (bounded by
-    ``val_max_rows``)."""
-    if split.evaluated == 0:
-        return []
-    refs = []
-    for shard in range(len(cache.shards)):
-        ids = cache.read_shard(shard, ["id"]).column(0).to_numpy()
-        rows = np.flatnonzero(split.eval_mask(ids)).astype(np.int64)
-        refs.append((np.int64(shard) << _REF_SHIFT) | rows)
-    all_refs = np.concatenate(refs)
-    rows_reader = ShardRows(cache, cfg.pooling)
-    lengths = np.empty(len(all_refs), dtype=np.int64)
-    shards = all_refs >> _REF_SHIFT
-    for shard in np.unique(shards).tolist():
-        sel = shards == shard
-        lengths[sel] = rows_reader.lengths(shard)[all_refs[sel] & ((1 << _REF_SHIFT) - 1)]
-    rng = np.random.default_rng([cfg.seed, 0x5EED])
-    out = []
-    for batch in plan_batches(lengths, cfg.token_budget, cfg.batch_size, rng):
-        ids, lens, targets = rows_reader.batch(all_refs[batch], pad_id)
-        out.append(Batch(torch.from_numpy(ids), torch.from_numpy(lens), torch.from_numpy(targets)))
-    return out
 
 
 def target_columns(pooling: str) -> list[str]:

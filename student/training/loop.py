@@ -39,16 +39,14 @@ from student.training.data import (
     StepCounter,
     TrainData,
     check_trainable,
-    compute_split,
     epoch_batches,
-    validation_batches,
 )
 from student.training.dist import Dist
 from student.training.meter import Meter
 from student.training.objectives import Objectives, Setup
 from student.training.setup import cache_tokenizer, student_config, teacher_embeddings
 from student.training.state import TrainState, load_state, save_state
-from student.training.validation import HeldOut
+from student.training.validation import HeldOut, compute_split, validation_batches
 
 TRAIN_RUN = RunKind(
     name="training",

@@ -12,7 +12,6 @@ import torch
 from cache import open_cache
 from cache.errors import CacheError, SraError
 from cache.task_data import read_examples, read_logits, read_task
-from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig
 from tests.conftest import embed_any, tiny_teacher_finetune
 
 
@@ -212,13 +211,12 @@ def test_a_teacher_finetuned_on_another_task_keeps_its_encoder_but_not_its_head(
     from transformers import AutoModelForSequenceClassification
 
     from cache.tasks import get_task
-    from pipeline.tasks.teacher_finetune import _load_model
+    from pipeline.tasks.teacher_model import load_model
 
     source = AutoModelForSequenceClassification.from_pretrained(tiny_teachers["sst2"])
 
     def load(task: str):  # type: ignore[no-untyped-def]
-        cfg = TeacherFinetuneConfig(task=task, out=tmp_path, teacher=str(tiny_teachers["sst2"]))
-        return _load_model(cfg, get_task(task))[0]
+        return load_model(str(tiny_teachers["sst2"]), get_task(task))[0]
 
     other, same = load("mrpc"), load("sst2")
     for name, p in source.named_parameters():

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from cache import CacheWriter, open_cache
 from student import StudentEncoder
 from student.training.config import DataConfig
-from student.training.data import compute_split
+from student.training.validation import compute_split
 from tests.conftest import REPO, make_cache
 
 TINY = ["--hidden-size", "16", "--embedding-dim", "16", "--batch-size", "32"]

@@ -12,15 +12,8 @@ import torch
 
 from cache import open_cache
 from student.training.config import DataConfig
-from student.training.data import (
-    DataPosition,
-    ShardRows,
-    TrainData,
-    compute_split,
-    id_hash,
-    plan_batches,
-    validation_batches,
-)
+from student.training.data import DataPosition, ShardRows, TrainData, plan_batches
+from student.training.validation import compute_split, id_hash, validation_batches
 from tests.conftest import make_cache
 
 # 3 DataLoader workers on a 2-core machine warn; uneven worker counts are the point here.

@@ -16,7 +16,7 @@ import torch
 from cache import CacheError, open_cache
 from student import SraError, StudentEncoder, train
 from student.training.config import DataConfig
-from student.training.data import compute_split, validation_batches
+from student.training.validation import compute_split, validation_batches
 from tests.conftest import REPO, make_cache
 from tests.student.conftest import assert_same_weights, metrics
 from tests.student.conftest import tiny_train as tiny
