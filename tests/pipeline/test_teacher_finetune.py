@@ -53,6 +53,20 @@ def test_rerun_is_a_no_op_and_a_different_run_is_refused(tiny_teachers, tiny_ber
         tiny_teacher_finetune("sst2", folder, tiny_bert, tiny_glue, lr=3e-3)
 
 
+def test_a_teacher_folder_from_before_the_shared_format_is_recognised(
+    tmp_path, tiny_teachers, tiny_bert, tiny_glue
+):
+    import shutil
+
+    folder = tmp_path / "sst2"
+    shutil.copytree(tiny_teachers["sst2"], folder)
+    record = json.loads((folder / "teacher_finetune.json").read_text())
+    (folder / "teacher_finetune.json").write_text(json.dumps(record["config"]))  # as it was
+    before = (folder / "model.safetensors").stat().st_mtime_ns
+    tiny_teacher_finetune("sst2", folder, tiny_bert, tiny_glue)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == before
+
+
 def test_killed_run_resumes_mid_epoch(tmp_path, tiny_bert, tiny_glue, monkeypatch):
     import pipeline.tasks.teacher_finetune as tf
 

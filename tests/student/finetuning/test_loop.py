@@ -251,3 +251,17 @@ def test_a_two_column_student_fine_tunes_and_its_sra_loss_needs_both_columns(tmp
     assert 0 <= metrics["accuracy"] <= 1
     with pytest.raises(SraError, match="pass --pooling mean,mean_layer1 with a task cache"):
         finetune(tiny(student, "sst2", caches["sst2"], tmp_path / "sra", epochs=1, sra_weight=1))
+
+
+def test_a_run_folder_from_before_the_shared_format_is_recognised(tmp_path, caches, fresh_student):
+    cfg = tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "run", epochs=1)
+    first = finetune(cfg)
+    record = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    old = {"fingerprint": "0" * 16, "task": "sst2", "student": str(fresh_student)}
+    old |= record["config"] | {"head": record["head"]}  # the identity's keys at the top
+    (tmp_path / "run" / "finetune.json").write_text(json.dumps(old))
+    before = (tmp_path / "run" / "head.safetensors").stat().st_mtime_ns
+    assert finetune(cfg) == first  # finished (it has metrics.json): nothing retrained
+    assert (tmp_path / "run" / "head.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(SraError, match=r"differs in: options\.epochs"):
+        finetune(tiny(str(fresh_student), "sst2", caches["sst2"], tmp_path / "run", epochs=2))
