@@ -48,7 +48,7 @@ class EmbedConfig:
         MISSING,
         "wiki | a file or folder (.txt/.jsonl/.parquet[.gz]) | hf:NAME[:CONFIG] | glue:TASK "
         "(sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli) | task:PATH (a folder of "
-        "train/dev[/test] files) | task:hf:NAME[:CONFIG] | task (with --train/--dev/--test)",
+        "train, dev and optional test files) | task:hf:NAME[:CONFIG] | task (with --train, --dev)",
     )
     out: Path = option(MISSING, "Cache directory to create or resume.")
     wiki_dump: str | None = option(

@@ -256,8 +256,8 @@ def _problem(
         )
     members = [m for _, _, label in found for m in (label if isinstance(label, tuple) else [label])]
     asked = options.problem
-    if names is None and asked not in (CLASSIFICATION, MULTILABEL):
-        _refuse_mixed(splits, found, asked)
+    if names is None and asked == "auto":
+        _refuse_mixed(splits, found)
     if asked == REGRESSION:
         if lists or names is not None:
             raise SraError("--problem regression needs one number per example, not class labels")
@@ -280,7 +280,7 @@ def _problem(
         return CLASSIFICATION, ""
     # auto
     if lists or options.label_separator is not None:
-        why = "label lists" if lists else "--label-separator"
+        why = "--label-separator" if options.label_separator is not None else "label lists"
         return MULTILABEL, f"inferred from {why}"
     if names is not None:
         return CLASSIFICATION, f"inferred: the dataset's labels are classes ({', '.join(names)})"
@@ -300,7 +300,7 @@ def _problem(
     return CLASSIFICATION, ""
 
 
-def _refuse_mixed(splits: dict[str, _Split], found: list[tuple[str, int, Raw]], asked: str) -> None:
+def _refuse_mixed(splits: dict[str, _Split], found: list[tuple[str, int, Raw]]) -> None:
     number = text = None
     for split, row, label in found:
         for m in label if isinstance(label, tuple) else (label,):
@@ -310,15 +310,10 @@ def _refuse_mixed(splits: dict[str, _Split], found: list[tuple[str, int, Raw]], 
                 text = (m, splits[split].where(row))
     if number is None or text is None:
         return
-    fix = (
-        "fix the data"
-        if asked == REGRESSION
-        else "fix the data, or pass --problem classification (or multilabel) to treat every "
-        "label as a class name"
-    )
     raise SraError(
         f"labels mix numbers ({number[0]!r} at {number[1]}) and strings ({text[0]!r} at "
-        f"{text[1]}); {fix}"
+        f"{text[1]}); fix the data, or pass --problem classification (or multilabel) to treat "
+        "every label as a class name"
     )
 
 
