@@ -35,6 +35,7 @@ from cache.tasks import (
     CLASSIFICATION,
     MULTILABEL,
     REGRESSION,
+    TaskSpec,
     label_order,
     number_name,
     own_task,
@@ -398,7 +399,7 @@ def _definition(
     splits: dict[str, _Split],
     pair: bool,
     tables: dict[str, Table],
-) -> tuple[Any, dict[str, list[Example]]]:
+) -> tuple[TaskSpec, dict[str, list[Example]]]:
     train = splits["train"]
     assert train.labels is not None
     given = tables["train"].label_names
@@ -470,7 +471,7 @@ def _index(
     return index[key]
 
 
-def _summary(task: Any, examples: dict[str, list[Example]]) -> str:
+def _summary(task: TaskSpec, examples: dict[str, list[Example]]) -> str:
     if task.labels is None:
         low, high = task.score_range
         what = f"scores from {low:g} to {high:g} in train"

@@ -234,6 +234,19 @@ def test_label_order_does_not_depend_on_file_order(tmp_path: Path) -> None:
     assert labels_of(first, "dev") == labels_of(second, "dev") == [2, 1, 0]
 
 
+def test_mixed_labels_as_class_names_when_asked_and_booleans(tmp_path: Path) -> None:
+    rows = [{"text": f"t{i}", "label": v} for i, v in enumerate([1, "spam", 2.0, "spam"] * 3)]
+    root = folder(tmp_path / "mixed", {"train": rows, "dev": rows[:4]}, "jsonl")
+    with pytest.raises(SraError, match="labels mix numbers"):
+        load(f"task:{root}")
+    corpus = load(f"task:{root}", problem="classification")
+    assert corpus.task.labels == ("1", "2", "spam")  # every label a name, sorted as strings
+    assert labels_of(corpus, "dev") == [0, 2, 1, 2]
+    flags = [{"text": f"t{i}", "label": i % 3 == 0} for i in range(12)]
+    root = folder(tmp_path / "flags", {"train": flags, "dev": flags[:3]}, "jsonl")
+    assert load(f"task:{root}").task.labels == ("false", "true")  # true: the positive class
+
+
 def test_test_split_labelled_or_not(tmp_path: Path) -> None:
     train = sentiment(12)
     root = folder(tmp_path / "r", {"train": train, "dev": train[:3]})
