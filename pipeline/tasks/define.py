@@ -135,11 +135,7 @@ def _column(table: Table, column: str, option: str) -> list[Any]:
 def _read_split(
     split: str, table: Table, options: TaskDataOptions, pair_column: str | None
 ) -> _Split:
-    text_a = _texts(table, _column(table, options.text_column, "--text-column"), "text")
-    text_b = None
-    if pair_column is not None:
-        values = _column(table, pair_column, "--pair-column")
-        text_b = _texts(table, values, f"pair ({pair_column!r})", pair=True)
+    text_a, text_b = input_texts(table, options.text_column, pair_column)
     labels = None
     if split != "test" or options.label_column in table.columns:
         values = _column(table, options.label_column, "--label-column")
@@ -158,6 +154,19 @@ def _read_split(
                 )
             )
     return _Split(table, list(range(table.num_rows)), text_a, text_b, labels)
+
+
+def input_texts(
+    table: Table, text_column: str, pair_column: str | None
+) -> tuple[list[str], list[str] | None]:
+    """The texts of a table (and the second texts of a pair task), checked: a missing column
+    is named with the columns the file has, an empty text refused with its line. Task splits
+    are read with it, and so can new inputs to a trained model be."""
+    text_a = _texts(table, _column(table, text_column, "--text-column"), "text")
+    if pair_column is None:
+        return text_a, None
+    values = _column(table, pair_column, "--pair-column")
+    return text_a, _texts(table, values, f"pair ({pair_column!r})", pair=True)
 
 
 def _texts(table: Table, values: list[Any], what: str, pair: bool = False) -> list[str]:

@@ -92,6 +92,12 @@ def test_an_own_task_cache_is_a_task_cache(tmp_path: Path, tiny_bert: Path) -> N
     assert texts[dev.column("sentence1_id")[1].as_py()] == "the blue cat sat on ticket 1"
     assert example_labels(dev, info.task)[:2].tolist() == [[1, 0, 0], [1, 0, 1]]
     assert example_labels(read_examples(cache, "test"), info.task).tolist() == [[-1] * 3] * 2
+    # ... which stage two loads as [n, labels] arrays: labelled dev, withheld test
+    from student.task_data import load_examples
+
+    dev_examples, test_examples = (load_examples(cache, s, pair=False) for s in ("dev", "test"))
+    assert dev_examples.labels.shape == (6, 3) and dev_examples.labelled
+    assert not test_examples.labelled
     # The fingerprint knows the data: an edited file is another cache.
     write_table(root / "test.jsonl", [{"text": "changed"}])
     with pytest.raises(SraError, match="another config|--overwrite"):

@@ -32,8 +32,9 @@ from cache.tasks import (
     same_task,
 )
 from pipeline.tasks.corpus import load_task_corpus
-from pipeline.tasks.define import carve, score_bins
+from pipeline.tasks.define import carve, input_texts, score_bins
 from pipeline.tasks.own import TaskDataOptions
+from pipeline.tasks.tables import read_table
 
 FORMATS = ["csv", "tsv", "jsonl", "parquet", "csv.gz", "tsv.gz", "jsonl.gz", "parquet.gz"]
 
@@ -301,6 +302,16 @@ def test_folder_split_names_and_explicit_files(tmp_path: Path) -> None:
         task_name="mine",
     )
     assert explicit.task.name == "mine" and explicit.examples == corpus.examples
+
+
+def test_new_inputs_are_read_as_task_texts_are(tmp_path: Path) -> None:
+    path = write_table(tmp_path / "new.jsonl", [{"q": "a", "a": "b"}, {"q": "c", "a": ""}])
+    table = read_table(path)
+    assert input_texts(table, "q", None) == (["a", "c"], None)
+    with pytest.raises(SraError, match=r"new\.jsonl:2: empty pair \('a'\) text"):
+        input_texts(table, "q", "a")
+    with pytest.raises(SraError, match=r"has no column 'text' \(it has: q, a\)"):
+        input_texts(table, "text", None)
 
 
 def test_a_local_hub_dataset_keeps_its_class_label_order(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
