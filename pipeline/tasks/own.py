@@ -55,11 +55,11 @@ class TaskDataOptions:
     dev: str | None = option(None, "With --corpus task: the dev file (default: carved from train).")
     test: str | None = option(None, "With --corpus task: the test file (optional).")
     task_name: str | None = option(
-        None, "Name of a task: corpus [default: its folder's (or dataset's) name]."
+        None, "Name of a task: corpus (default: its folder's or dataset's name)."
     )
     text_column: str = option("text", "task: corpora: the column holding the text.")
     pair_column: str | None = option(
-        None, "task: corpora: the second text of a pair [default: text_pair where present]."
+        None, "task: corpora: the second text of a pair (default: text_pair where present)."
     )
     label_column: str = option("label", "task: corpora: the label column.")
     problem: str = option("auto", "task: corpora: auto | classification | multilabel | regression.")
