@@ -302,7 +302,9 @@ def _problem(
                 f"inferred: every label is one of {len(distinct)} integers; pass --problem "
                 "regression to predict them as numbers"
             )
-        what = "more than 20 distinct integers" if integers else "not all integers"
+        what = "not all integers"
+        if integers:
+            what = f"more than {MAX_INTEGER_CLASSES} distinct integers"
         return REGRESSION, (
             f"inferred: every label is a number, {what}; pass --problem classification to "
             "treat them as classes"
