@@ -172,15 +172,18 @@ def tiny_teacher_finetune(task: str, out: Path, teacher: Path, glue: Path, **kw)
 
 
 def embed_any(**kw):  # type: ignore[no-untyped-def]
-    """`pipeline embed` as the command line runs it: EmbedConfig's and TaskOptions' fields in
-    one set of keywords; a glue: corpus goes through the task layer."""
+    """`pipeline embed` as the command line runs it: EmbedConfig's, TaskOptions' and
+    TaskDataOptions' fields in one set of keywords; a task corpus goes through the task layer."""
     from dataclasses import fields
 
     from pipeline.embedding import EmbedConfig
     from pipeline.tasks import TaskOptions, embed_corpus
+    from pipeline.tasks.own import TaskDataOptions
 
-    task_keys = {f.name for f in fields(TaskOptions)}
-    options = TaskOptions(**{k: kw.pop(k) for k in list(kw) if k in task_keys})
+    data_keys = {f.name for f in fields(TaskDataOptions)}
+    data = TaskDataOptions(**{k: kw.pop(k) for k in list(kw) if k in data_keys})
+    task_keys = {f.name for f in fields(TaskOptions)} - {"data"}
+    options = TaskOptions(**{k: kw.pop(k) for k in list(kw) if k in task_keys}, data=data)
     return embed_corpus(EmbedConfig(**kw), options)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cache import Cache, CacheError
-from cache.task_data import read_examples
+from cache.task_data import example_labels, read_examples, read_task
 from student.training.data import check_target, target_dim, target_vectors
 
 
@@ -69,7 +69,8 @@ def load_sentences(cache: Cache, pooling: str) -> Sentences:
 
 @dataclass
 class Examples:
-    """One split: labels (class index or score; -1 / NaN when withheld) and sentence ids."""
+    """One split: labels (class index, score, or multi-hot row; -1 / NaN / a row of -1 when
+    withheld) and sentence ids."""
 
     idx: np.ndarray
     labels: np.ndarray
@@ -108,7 +109,8 @@ def load_examples(cache: Cache, split: str, pair: bool) -> Examples:
     second = table.column("sentence2_id").to_numpy()
     return Examples(
         table.column("idx").to_numpy(),
-        table.column("label").to_numpy(),
+        # [n] class indices or scores; [n, labels] multi-hot rows for a multi-label task
+        example_labels(table, read_task(cache).task),
         table.column("sentence1_id").to_numpy(),
         second if pair else None,
     )
