@@ -68,7 +68,12 @@ class RunFolder:
     """One run's output folder. Every rank of a distributed job checks; rank 0 alone writes."""
 
     def __init__(
-        self, path: Path, kind: RunKind, *, rank: int = 0, barrier: Callable[[], object] | None = None
+        self,
+        path: Path,
+        kind: RunKind,
+        *,
+        rank: int = 0,
+        barrier: Callable[[], object] | None = None,
     ) -> None:
         self.path = Path(path)
         self.kind = kind

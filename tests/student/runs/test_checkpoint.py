@@ -87,9 +87,7 @@ def test_a_full_disk_during_training_stops_it_in_one_line(tmp_path, monkeypatch,
     with pytest.raises(SraError, match=r"cannot write checkpoint .*step-000000004 .*intact"):
         train(tiny_train(cache, run, max_steps=6, checkpoint_every=2))
     monkeypatch.undo()
-    assert json.loads((run / "checkpoint" / "latest.json").read_text()) == {
-        "dir": "step-000000002"
-    }
+    assert json.loads((run / "checkpoint" / "latest.json").read_text()) == {"dir": "step-000000002"}
     assert [p.name for p in (run / "checkpoint").iterdir() if p.name.startswith(".")] == []
     # Space again: the same command resumes from step 2 and finishes.
     train(tiny_train(cache, run, max_steps=6, checkpoint_every=2))
