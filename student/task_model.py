@@ -62,7 +62,7 @@ Texts = str | Pair | Sequence[str] | Sequence[Pair]
 def read_predictions(task: TaskSpec, outputs: np.ndarray) -> np.ndarray:
     """A head's outputs ``[n, outputs]`` as predictions: ``[n]`` class indices, ``[n, labels]``
     int8 multi-hot rows (multi-label: logit > 0), or ``[n]`` scores on the task's scale."""
-    outputs = np.asarray(outputs, dtype=np.float32).reshape(len(outputs), -1)
+    outputs = np.asarray(outputs, dtype=np.float32).reshape(len(outputs), task.num_labels)
     if task.is_regression:
         return task.from_unit(outputs[:, 0])
     if task.is_multilabel:
@@ -77,7 +77,7 @@ def read_probabilities(task: TaskSpec, outputs: np.ndarray) -> np.ndarray:
             f"{task.name} is a regression task: it predicts scores, not probabilities; use "
             "predict()"
         )
-    outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    outputs = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), task.num_labels)
     if task.is_multilabel:
         probabilities = 1.0 / (1.0 + np.exp(-outputs))
     else:
@@ -271,7 +271,7 @@ class TaskModel:
         if not first:
             return np.zeros((0, self.task.num_labels), np.float32)
         outputs = self.engine.logits(first, None if second is None else list(second), batch_size)
-        return np.asarray(outputs, dtype=np.float32).reshape(len(first), -1)
+        return np.asarray(outputs, dtype=np.float32).reshape(len(first), self.task.num_labels)
 
     def predict(self, texts: Texts, batch_size: int = 256) -> Any:
         """Predictions for texts (or ``(text, text_pair)`` pairs): a list of label names
