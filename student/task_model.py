@@ -21,7 +21,9 @@ Using it::
     m.predict(["my card was charged twice"])        # label names; tuples of them (multi-label);
                                                     # scores on the task's scale (regression)
     m.predict_proba(["my card was charged twice"])  # [n, labels]: softmax, or per-label sigmoid
-    m.predict([("A man plays.", "A man is playing.")])   # a pair task takes (text, text_pair)
+
+A pair task takes ``(text, text_pair)`` tuples: ``m.predict([("A man plays.", "A man is
+playing.")])``.
 
 How outputs read, by problem: classification, the class with the highest logit (probabilities
 softmax); multi-label, every label whose logit is above 0 (probabilities: one sigmoid per
