@@ -3,6 +3,10 @@
 Reading, decoding, sentence splitting and dedup are pure Python. In a thread they would hold
 the GIL between the teacher's torch ops and slow its forward pass (measured: several-fold);
 in a process they overlap with it for real. Windows travel as plain lists.
+
+The reader never outlives the run: on Linux the kernel kills it when its parent dies
+(`die_with_parent`, however the parent died, SIGKILL included), and every blocking step
+also checks that the parent is still there.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import itertools
 import multiprocessing as mp
 import os
 import queue
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,8 +50,13 @@ class ReadPlan:
     world: int
     tokenizer_json: str  # the teacher's Rust tokenizer, already set to truncate
     # A task corpus's texts, taken as they are: no splitting, filtering or dedup (see
-    # pipeline/task_corpus.py). None: stream `spec` through the sentence filters.
+    # pipeline/tasks/corpus.py). None: stream `spec` through the sentence filters.
     sentences: list[str] | None = None
+    # Windows before `start` to produce again: those of damaged shards being repaired.
+    redo: tuple[int, ...] = ()
+
+    def wants(self, index: int) -> bool:
+        return index in self.redo or (index >= self.start and index % self.world == self.rank)
 
 
 def tokenize(backend: Any, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
@@ -66,11 +78,29 @@ def plan_windows(plan: ReadPlan, stats: CorpusStats) -> Iterator[Window]:
         chunk = list(itertools.islice(stream, plan.window))
         if not chunk:
             return
-        if index >= plan.start and index % plan.world == plan.rank:
+        if plan.wants(index):
             texts = [t for t, _ in chunk]
             ids, truncated = tokenize(backend, texts)
             sources = [s for _, s in chunk]
             yield Window(index, index * plan.window, texts, sources, ids, truncated)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG).
+
+    A no-op elsewhere; callers still check `os.getppid()` on every blocking step. The signal
+    comes when the parent *thread* that forked us exits, so only call this in a child forked
+    from a thread that lives as long as the parent cares about it (the main thread here).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStats]:
@@ -107,24 +137,40 @@ def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStat
 
 
 def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
-    def send(item: tuple[str, Any]) -> bool:
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def parent_gone() -> None:
+        # Exit at once: a normal exit would wait for the queue's feeder thread, which is
+        # blocked writing to a pipe nobody reads any more (the reader that lived forever).
+        os._exit(1)
+
+    def send(item: tuple[str, Any]) -> None:
         while True:
             try:
                 q.put(item, timeout=1.0)
-                return True
+                return
             except queue.Full:
-                if os.getppid() != parent:  # the parent was killed: stop, don't linger
-                    return False
+                if os.getppid() != parent:
+                    parent_gone()
 
     # One tokenizer thread: the teacher already keeps both cores busy.
     os.environ["RAYON_NUM_THREADS"] = "1"
     stats = CorpusStats()
     try:
         for window in plan_windows(plan, stats):
-            if not send(("window", window)):
-                return
+            send(("window", window))
         send(("stats", asdict(stats)))
     except SraError as e:
         send(("error", str(e)))
     except Exception as e:  # any other failure still ends as one line in the parent
         send(("error", f"reading the corpus failed: {type(e).__name__}: {e}"))
+    # Wait for the feeder thread to hand everything to the pipe, watching the parent.
+    q.close()
+    flushed = threading.Thread(target=q.join_thread, daemon=True)
+    flushed.start()
+    while flushed.is_alive():
+        flushed.join(timeout=0.5)
+        if os.getppid() != parent:
+            parent_gone()
