@@ -266,7 +266,7 @@ class _Run:
                 return writer.manifest
             self.worked = True
             self.apply(writer, work)
-            return self.stream(writer, work.limit)
+            return self.stream(writer, work)
 
     def plan(self, writer: CacheWriter) -> _Work:
         """Decide what to (re)do: damaged shards and files, a larger --limit, or nothing."""
@@ -338,17 +338,22 @@ class _Run:
         if work.truncate:
             writer.truncate(work.truncate)
 
-    def stream(self, writer: CacheWriter, limit: int | None) -> Manifest:
+    def stream(self, writer: CacheWriter, work: _Work) -> Manifest:
         """Read the corpus, embed the windows the cache lacks, write them, finish."""
-        cfg, teacher, progress = self.cfg, self.teacher, self.progress
+        cfg, teacher, progress, limit = self.cfg, self.teacher, self.progress, work.limit
         if self.rank == 0:
             _write_side_files(writer, teacher)
         texts = self.extension.texts(teacher) if self.extension is not None else None
         start, redo = writer.next_window, tuple(writer.redo_windows)
         done = writer.resumed_rows
-        if start and not writer.started_fresh:
+        if redo:
+            progress.phase(f"reading the corpus up to window {redo[0]} (the first to redo)")
+        if start and not (work.complete and not work.grow):
             _log(f"resuming {cfg.out} at window {start} ({done:,} rows kept)")
-            progress.phase(f"reading the corpus up to window {start} (the rows before it are kept)")
+            if not redo:
+                progress.phase(
+                    f"reading the corpus up to window {start} (the rows before it are kept)"
+                )
         plan = ReadPlan(
             CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field),
             cfg.filters,

@@ -140,6 +140,9 @@ def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
     die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent handles it and ends this process,
+    # which would otherwise print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def parent_gone() -> None:
         # Exit at once: a normal exit would wait for the queue's feeder thread, which is

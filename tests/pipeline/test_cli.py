@@ -12,16 +12,20 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from cache import open_cache
-from tests.conftest import REPO, write_corpus
-from tests.pipeline.test_embed import assert_same_cache
+from tests.conftest import REPO, assert_same_cache, write_corpus
 
 TINY = ["--window", "64", "--shard-rows", "150", "--no-progress"]
 
 
+# One torch thread: tiny teachers run fastest so, and far faster when other jobs share the cores.
+ENV = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
 def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"} | kw.pop("env", {})
+    env = os.environ | ENV | kw.pop("env", {})
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env, **kw
     )
@@ -53,6 +57,18 @@ def test_every_command_has_help_with_an_example() -> None:
     for command in commands:
         out = cli(*command, "--help").stdout
         assert "Example: pipeline" in out, command
+        assert "…" not in out, f"help of {command} is cut off when piped"
+
+
+def test_piped_help_names_every_option_in_full() -> None:
+    from pipeline.cli.options import leaves
+    from pipeline.cli.stage_one import EmbedCommand
+
+    out = cli("embed", "--help").stdout
+    flags = [f"--{leaf.param.replace('_', '-')}" for leaf in leaves(EmbedCommand)]
+    hidden = {"--dedup-slots"}
+    assert [f for f in flags if f not in out and f not in hidden] == []
+    assert "$PIPELINE_WIKI_DUMP" in out and "--no-trust-remote-code" in out
 
 
 def test_embed_inspect_sql_verify(tmp_path: Path, tiny_bert: Path) -> None:
@@ -91,6 +107,15 @@ def test_embed_inspect_sql_verify(tmp_path: Path, tiny_bert: Path) -> None:
     (tmp_path / "q.parquet").write_bytes(proc.stdout)
     assert pq.read_table(tmp_path / "q.parquet").num_rows == 300
     assert "ok (2 shards, 300 rows" in cli("verify", str(out)).stdout
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for f in out.iterdir():
+        (unfinished / f.name).write_bytes(f.read_bytes())
+    m = json.loads((unfinished / "manifest.json").read_text())
+    m["status"] = "in_progress"
+    (unfinished / "manifest.json").write_text(json.dumps(m))
+    said = cli("verify", str(unfinished)).stdout
+    assert "incomplete (in progress)" in said and "ok (" not in said.split(";")[0]
     assert "SQL failed" in error_line(cli("sql", str(out), "SELEC nonsense", check=False))
     # Corrupt one byte in the middle of a shard: verify names it and fails.
     shard = out / "shard-00001.arrow"
@@ -150,42 +175,91 @@ def test_bad_input_is_one_line(tmp_path: Path, tiny_bert: Path) -> None:
     assert "no manifest.json" in error_line(cli("inspect", str(tmp_path), check=False))
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_cache(tmp_path: Path, tiny_bert: Path) -> None:
-    corpus = write_corpus(tmp_path / "c.txt", 6000)
+def children(pid: int) -> set[int]:
+    """Every descendant of `pid`, from /proc (psutil is not a dependency)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = {int(c) for c in (task / "children").read_text().split()}
+        except (OSError, ValueError):
+            continue
+        for kid in kids:
+            found |= {kid} | children(kid)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child nobody reaped yet is not running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_no_process_and_resume_gives_the_uninterrupted_cache(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    # Windows of 256 sentences pickle to more than a pipe holds (64 kB): the reader blocks
+    # in a pipe write, where the reader of a killed run used to hang forever.
+    corpus = write_corpus(tmp_path / "c.txt", 3000)
     args = [
         "--corpus",
         str(corpus),
         "--teacher",
         str(tiny_bert),
         "--window",
-        "32",
+        "256",
         "--shard-rows",
-        "64",
+        "256",
         "--no-progress",
     ]
     out = tmp_path / "killed"
-    env = os.environ | {"PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "embed", "--out", str(out), *args],
-        env=env,
+        env=os.environ | ENV,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if len(json.loads((out / "manifest.json").read_text())["shards"]) >= 3:
+            if len(json.loads((out / "manifest.json").read_text())["shards"]) >= 2:
                 break
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             pass
         time.sleep(0.01)
+    # Frozen, the run keeps its lock, and its reader fills the queue and blocks in a write.
+    proc.send_signal(signal.SIGSTOP)
+    kids = children(proc.pid)
+    assert kids, "the corpus reader should be a child process"
+    # A second run into the same folder meanwhile is refused and says who holds it.
+    line = error_line(cli("embed", "--out", str(out), *args, check=False))
+    assert f"being written by another run (pid {proc.pid} " in line
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(running(k) for k in kids):
+        time.sleep(0.05)
+    assert not [k for k in kids if running(k)], "a process of the killed run survived it"
     # Whatever moment the kill hit, the manifest is valid and lists only whole shards.
     partial = open_cache(out, require_complete=False, checksums=True)
     for shard in partial.shards:
         partial.read_shard(shard)
-    cli("embed", "--out", str(out), *args)
-    cli("embed", "--out", str(tmp_path / "ref"), *args)
+    resumed = cli("embed", "--out", str(out), *args)
+    assert "taking over the lock of a run that is gone" in resumed.stderr
+    from pipeline.embedding import EmbedConfig, embed
+
+    embed(
+        EmbedConfig(
+            corpus=str(corpus),
+            out=tmp_path / "ref",
+            teacher=str(tiny_bert),
+            window=256,
+            shard_rows=256,
+            progress=False,
+        )
+    )
     assert_same_cache(out, tmp_path / "ref")
 
 
