@@ -288,35 +288,41 @@ def test_disk_full_then_resume(tmp_path: Path, tiny_bert: Path) -> None:
     assert_same_cache(out, tmp_path / "ref")
 
 
-def test_torchrun_two_processes_equal_one(tmp_path: Path, tiny_bert: Path) -> None:
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_and_repair(tmp_path: Path, tiny_bert: Path) -> None:
     corpus = write_corpus(tmp_path / "c.txt", 700)
     args = ["--corpus", str(corpus), "--teacher", str(tiny_bert), *TINY]
-    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29517",
-            "-m",
-            "pipeline",
-            "embed",
-            "--out",
-            str(tmp_path / "two"),
-            *args,
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=300,
-    )
+
+    def torchrun() -> None:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                "29517",
+                "-m",
+                "pipeline",
+                "embed",
+                "--out",
+                str(tmp_path / "two"),
+                *args,
+            ],
+            check=True,
+            env=os.environ | ENV,
+            capture_output=True,
+            timeout=300,
+        )
+
+    torchrun()
     cli("embed", "--out", str(tmp_path / "one"), *args)
     two, one = open_cache(tmp_path / "two"), open_cache(tmp_path / "one")
     assert {s.rank for s in two.shards} == {0, 1} and two.manifest.world_size == 2
     assert not list((tmp_path / "two").glob("manifest.rank*"))
+    # Each rank read the whole corpus: the cache's counts are the corpus's, not twice them.
+    assert two.manifest.totals["corpus"] == one.manifest.totals["corpus"]
     q = "SELECT id, text, source, input_ids, mean FROM sentences ORDER BY id"
     a = two.connect().sql(q).to_arrow_table()
     b = one.connect().sql(q).to_arrow_table()
@@ -329,3 +335,13 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path, tiny_bert: Path) -> No
     cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
     assert cos.min() >= 0.99999
     assert "ok" in cli("verify", str(tmp_path / "two")).stdout
+    # A missing shard of rank 1: the same torchrun command embeds it again, and only it.
+    before = sorted(p.name for p in (tmp_path / "two").iterdir())
+    (tmp_path / "two" / "shard-r01-00000.arrow").unlink()
+    torchrun()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == before
+    assert "ok" in cli("verify", str(tmp_path / "two")).stdout
+    again = open_cache(tmp_path / "two").connect().sql(q).to_arrow_table()
+    assert again.select(["id", "text", "input_ids"]).equals(a.select(["id", "text", "input_ids"]))
+    lost = next(s.rows for s in two.shards if s.file == "shard-r01-00000.arrow")
+    assert open_cache(tmp_path / "two").manifest.totals["rows_this_run"] == lost
