@@ -34,7 +34,7 @@ from cache.options import nested, option
 from cache.writer import unmerge
 from pipeline.corpus import CorpusSpec, CorpusStats, check_files, describe_corpus
 from pipeline.progress import EmbedProgress
-from pipeline.reader import ReadPlan, Window, die_with_parent, read_windows
+from pipeline.reader import CorpusReader, ReadPlan, Window, die_with_parent
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
 
 if TYPE_CHECKING:  # the teacher (torch, transformers) loads only when embed() runs, so
@@ -154,12 +154,20 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
     """
     if cfg.out.exists() and not cfg.out.is_dir():
         raise SraError(f"--out {cfg.out} is a file; choose a directory")
+    marks = StartupClock()
     rank, world, local_world = dist_env()
     launcher = _watch_launcher() if world > 1 else None
     spec = CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field)
     corpus_info = extension.describe() if extension is not None else _check_corpus(cfg, spec)
 
-    with EmbedProgress(enabled=cfg.progress) as progress, CacheLock(cfg.out, rank) as lock:
+    # The reader process starts now, before torch is imported and the teacher loads, and reads
+    # the first windows meanwhile (start-up is most of a small job's time).
+    prefetch = 0 if extension is not None else min(cfg.limit or 2 * cfg.window, 2 * cfg.window)
+    with (
+        EmbedProgress(enabled=cfg.progress) as progress,
+        CacheLock(cfg.out, rank) as lock,
+        CorpusReader(spec, cfg.filters, prefetch) as reader,
+    ):
         if lock.previous is not None:
             _log(
                 f"{cfg.out}: taking over the lock of a run that is gone ({describe(lock.previous)})"
@@ -182,6 +190,7 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
             compile=cfg.compile,
             logits=extension is not None and extension.wants_logits,
         )
+        marks.mark("teacher_loaded")
         if extension is not None:
             extension.check(teacher)
         config = {
@@ -191,7 +200,7 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
         }
         if world > 1:
             _init_process_group()
-        run = _Run(cfg, extension, teacher, progress, rank, world, launcher)
+        run = _Run(cfg, extension, teacher, progress, reader, rank, world, launcher, marks)
         manifest = run.into(config)
         if world > 1 and run.worked:
             manifest = _merge_when_all_done(cfg.out, rank, world)
@@ -223,14 +232,18 @@ class _Run:
         extension: Extension | None,
         teacher: Teacher,
         progress: EmbedProgress,
+        reader: CorpusReader,
         rank: int,
         world: int,
         launcher: int | None,
+        marks: StartupClock,
     ) -> None:
+        self.marks = marks
         self.cfg = cfg
         self.extension = extension
         self.teacher = teacher
         self.progress = progress
+        self.reader = reader
         self.rank = rank
         self.world = world
         self.launcher = launcher
@@ -341,8 +354,6 @@ class _Run:
     def stream(self, writer: CacheWriter, work: _Work) -> Manifest:
         """Read the corpus, embed the windows the cache lacks, write them, finish."""
         cfg, teacher, progress, limit = self.cfg, self.teacher, self.progress, work.limit
-        if self.rank == 0:
-            _write_side_files(writer, teacher)
         texts = self.extension.texts(teacher) if self.extension is not None else None
         start, redo = writer.next_window, tuple(writer.redo_windows)
         done = writer.resumed_rows
@@ -355,7 +366,7 @@ class _Run:
                     f"reading the corpus up to window {start} (the rows before it are kept)"
                 )
         plan = ReadPlan(
-            CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field),
+            self.reader.spec,
             cfg.filters,
             limit,
             cfg.window,
@@ -371,7 +382,7 @@ class _Run:
             total = -(-total // self.world)
         t0 = time.monotonic()
         progress.start(total, done)
-        stats = self.run_windows(read_windows(plan), writer)
+        stats = self.run_windows(self.reader.windows(plan), writer)
         seconds = time.monotonic() - t0
         if self.extension is not None:
             writer.flush()
@@ -387,6 +398,7 @@ class _Run:
                 "steady_sentences_per_second": round(progress.steady_rate or sps, 1),
                 "tokens_per_second": round(tps, 1),
                 "device": str(teacher.device),
+                "startup_seconds": self.marks.as_dict(),
                 "corpus": stats.as_dict(),
             },
             stream={
@@ -406,10 +418,19 @@ class _Run:
         first = True
 
         def on_batch(sentences: int, tokens: int) -> None:
+            if progress.sentences == start_rows:
+                self.marks.mark("first_batch_done")
             progress.update(sentences, tokens, shards=len(writer.manifest.shards))
+
+        start_rows = progress.sentences
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as pool:
             try:
+                # The side files for stage two (tokenizer, embedding matrix) are written
+                # beside the first windows' compute, not before it.
+                pending = (
+                    pool.submit(_write_side_files, writer, teacher) if self.rank == 0 else None
+                )
                 for window in windows:
                     self.check_launcher()
                     if isinstance(window, CorpusStats):
@@ -417,6 +438,7 @@ class _Run:
                         continue
                     if first:
                         first = False
+                        self.marks.mark("first_window_read")
                         progress.phase(
                             "compiling the teacher (torch.compile: the first batches take a while)"
                             if teacher.compiled
@@ -438,6 +460,35 @@ class _Run:
     def check_launcher(self) -> None:
         if self.launcher is not None and os.getppid() != self.launcher:
             raise SraError("the torchrun launcher is gone; stopping (rerun the same command)")
+
+
+class StartupClock:
+    """When a run reached its first steps, for `totals.startup_seconds` (`bench startup`).
+
+    Times count from the start of the process (Linux; elsewhere from the call to `embed()`), so
+    interpreter start and imports are in: a short job is mostly start-up.
+    """
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic() - _process_age()
+        self.marks: dict[str, float] = {"embed_called": time.monotonic()}
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.monotonic())
+
+    def as_dict(self) -> dict[str, float]:
+        # Keys end in "seconds": merged ranks keep the longest, not the sum.
+        return {f"{k}_seconds": round(v - self.t0, 2) for k, v in self.marks.items()}
+
+
+def _process_age() -> float:
+    """Seconds since this process started (0 where /proc cannot say)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _watch_launcher() -> int | None:

@@ -64,25 +64,38 @@ def tokenize(backend: Any, texts: list[str]) -> tuple[list[list[int]], list[bool
     return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
 
 
-def plan_windows(plan: ReadPlan, stats: CorpusStats) -> Iterator[Window]:
-    """The windows this rank owns, from `start` on; earlier ones are read (for dedup) only."""
+def plan_windows(
+    plan: ReadPlan, stats: CorpusStats, started: Iterator[tuple[str, str]] | None = None
+) -> Iterator[Window]:
+    """The windows this rank owns, from `start` on; earlier ones are read (for dedup) only.
+
+    `started`: the sentence stream, already opened (and partly read) before the plan was known;
+    the limit is applied here, so reading could begin before the limit was decided.
+    """
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(plan.tokenizer_json)
     if plan.sentences is None:
-        stream = iter_sentences(plan.spec, plan.filters, plan.limit, stats)
+        raw = (
+            started if started is not None else iter_sentences(plan.spec, plan.filters, None, stats)
+        )
+        stream = raw if plan.limit is None else itertools.islice(raw, plan.limit)
     else:
         stats.emitted = len(plan.sentences)
         stream = ((text, f"{plan.spec.corpus}:{i}") for i, text in enumerate(plan.sentences))
+    emitted = 0
     for index in itertools.count():
         chunk = list(itertools.islice(stream, plan.window))
         if not chunk:
-            return
+            break
+        emitted += len(chunk)
         if plan.wants(index):
             texts = [t for t, _ in chunk]
             ids, truncated = tokenize(backend, texts)
             sources = [s for _, s in chunk]
             yield Window(index, index * plan.window, texts, sources, ids, truncated)
+    if plan.sentences is None:
+        stats.emitted = emitted  # what passed the limit, whatever was read ahead of it
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
@@ -103,19 +116,47 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStats]:
-    """Windows from a child process; the last item is the finished stream's CorpusStats."""
-    # fork where the platform has it: no re-import of the caller's script (spawn would run an
-    # unguarded `embed()` script again in the child). The child touches no torch state.
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    q: Any = ctx.Queue(maxsize=ahead)
-    child = ctx.Process(target=_produce, args=(plan, q, os.getpid()), daemon=True)
-    child.start()
-    try:
+class CorpusReader:
+    """The reader process. Started before the teacher loads, it opens the corpus and reads (and
+    splits) up to `prefetch` sentences meanwhile; `windows(plan)` then hands it what only a
+    loaded teacher and an opened cache can say (tokenizer, limit, first window, windows to
+    redo), and yields its windows; the last item is the finished stream's CorpusStats.
+
+    Forked before torch is imported, the child is small, and holds no torch threads.
+    """
+
+    def __init__(
+        self, spec: CorpusSpec, filters: FilterConfig, prefetch: int = 0, ahead: int = 2
+    ) -> None:
+        self.spec, self.filters = spec, filters
+        # fork where the platform has it: no re-import of the caller's script (spawn would run
+        # an unguarded `embed()` script again in the child).
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._control: Any = ctx.Queue()
+        # The parent never waits for its plan to be flushed at exit: a dead child reads nothing.
+        self._control.cancel_join_thread()
+        self._q: Any = ctx.Queue(maxsize=ahead)
+        self._child = ctx.Process(
+            target=_produce,
+            args=(spec, filters, prefetch, self._control, self._q, os.getpid()),
+            daemon=True,
+        )
+        self._child.start()
+
+    def __enter__(self) -> CorpusReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def windows(self, plan: ReadPlan) -> Iterator[Window | CorpusStats]:
+        assert plan.spec == self.spec and plan.filters == self.filters
+        self._control.put(plan)
+        child = self._child
         while True:
             try:
-                kind, payload = q.get(timeout=5.0)
+                kind, payload = self._q.get(timeout=5.0)
             except queue.Empty:
                 if not child.is_alive():
                     raise SraError(
@@ -130,13 +171,23 @@ def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStat
                 return
             else:
                 raise SraError(payload)
-    finally:
-        if child.is_alive():
-            child.terminate()
-        child.join(timeout=5)
+
+    def close(self) -> None:
+        if self._child.is_alive():
+            self._child.terminate()
+        self._child.join(timeout=5)
+        self._control.close()
 
 
-def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
+def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStats]:
+    """Windows from a reader process started now; the last item is the stream's CorpusStats."""
+    with CorpusReader(plan.spec, plan.filters, 0, ahead) as reader:
+        yield from reader.windows(plan)
+
+
+def _produce(
+    spec: CorpusSpec, filters: FilterConfig, prefetch: int, control: Any, q: Any, parent: int
+) -> None:
     die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
@@ -162,9 +213,14 @@ def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"
     stats = CorpusStats()
     try:
-        for window in plan_windows(plan, stats):
-            send(("window", window))
-        send(("stats", asdict(stats)))
+        head: list[tuple[str, str]] = []
+        raw = iter_sentences(spec, filters, None, stats) if prefetch else None
+        plan = _wait_for_plan(control, parent, raw, head, prefetch, parent_gone)
+        if plan is not None:
+            started = itertools.chain(head, raw) if raw is not None else None
+            for window in plan_windows(plan, stats, started):
+                send(("window", window))
+            send(("stats", asdict(stats)))
     except SraError as e:
         send(("error", str(e)))
     except Exception as e:  # any other failure still ends as one line in the parent
@@ -177,3 +233,28 @@ def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
         flushed.join(timeout=0.5)
         if os.getppid() != parent:
             parent_gone()
+
+
+def _wait_for_plan(
+    control: Any,
+    parent: int,
+    raw: Iterator[tuple[str, str]] | None,
+    head: list[tuple[str, str]],
+    prefetch: int,
+    parent_gone: Any,
+) -> ReadPlan | None:
+    """Read ahead into `head` (up to `prefetch` sentences) until the plan comes."""
+    while True:
+        reading = raw is not None and len(head) < prefetch
+        try:
+            return control.get(timeout=0.005 if reading else 1.0)
+        except queue.Empty:
+            pass
+        if os.getppid() != parent:
+            parent_gone()
+        if reading:
+            assert raw is not None
+            chunk = list(itertools.islice(raw, min(512, prefetch - len(head))))
+            head.extend(chunk)
+            if not chunk:
+                prefetch = len(head)  # the stream ended before the prefetch did

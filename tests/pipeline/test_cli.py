@@ -50,6 +50,7 @@ def test_every_command_has_help_with_an_example() -> None:
         ["sql"],
         ["verify"],
         ["bench", "embed"],
+        ["bench", "startup"],
         ["train"],
         ["report"],
         ["eval-sts"],
