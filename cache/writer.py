@@ -100,7 +100,7 @@ class CacheWriter:
             MANIFEST_NAME if world_size == 1 else rank_manifest_name(rank)
         )
         self.manifest: Manifest | None = None
-        self.already_complete = False
+        self._read_from = self.manifest_path
         # The manifest was the merged one of a finished multi-process run (see `reopen`).
         self.from_merged = False
         # A new cache was started in this run (nothing was there, or --overwrite replaced it).
@@ -216,19 +216,20 @@ class CacheWriter:
                 f"the same number (torchrun --nproc-per-node {existing.world_size}) or --overwrite"
             )
         self.manifest = existing
-        self.already_complete = existing.complete
-        self.from_merged = self.world_size > 1 and existing.complete
-        if not self.already_complete:
+        self.from_merged = self.world_size > 1 and self._read_from == self.path / MANIFEST_NAME
+        if not existing.complete:
             self._clear_stale()
 
     def _existing_manifest(self) -> Manifest | None:
         main = self.path / MANIFEST_NAME
+        self._read_from = main
         if main.exists():
             m = read_manifest(main)
             if m.complete or self.world_size == 1:
                 return m
         mine = self.path / rank_manifest_name(self.rank)
         if self.world_size > 1 and mine.exists():
+            self._read_from = mine
             return read_manifest(mine)
         if self.world_size == 1 and any(self.path.glob("manifest.rank*.json")):
             raise CacheError(
@@ -264,7 +265,10 @@ class CacheWriter:
         `deep`, also failing their sha256 (reads every byte, ~1 s per GB)."""
         assert self.manifest is not None
         shards = []
-        for info in self._mine():
+        # A cache made by another number of processes: look at all of it (to refuse a repair
+        # with the right message, `reopen`); otherwise at this rank's shards.
+        mine = self._mine() if self.manifest.world_size == self.world_size else self.manifest.shards
+        for info in mine:
             p = self.path / info.file
             try:
                 ok = p.stat().st_size == info.bytes and (not deep or sha256_file(p) == info.sha256)

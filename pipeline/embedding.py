@@ -276,6 +276,8 @@ class _Run:
             if world > 1:
                 needed = _any_rank(needed)  # every rank must come to the merge, or none
             if not needed:
+                rows = writer.manifest.num_rows
+                _log(f"{cfg.out} is complete ({rows:,} rows, every shard in place); nothing to do")
                 return writer.manifest
             self.worked = True
             self.apply(writer, work)
@@ -338,12 +340,13 @@ class _Run:
         return work
 
     def apply(self, writer: CacheWriter, work: _Work) -> None:
-        if writer.manifest is not None and writer.manifest.complete:
+        assert writer.manifest is not None
+        if writer.manifest.complete:
             writer.reopen()
-            if self.world > 1:
-                _barrier()  # every rank has its own manifest again: the merged one can go
-                if self.rank == 0 and writer.from_merged:
-                    unmerge(self.cfg.out)
+        if self.world > 1 and writer.from_merged:  # the same on every rank
+            _barrier()  # every rank has its own manifest again: the merged one can go
+            if self.rank == 0:
+                unmerge(self.cfg.out)
         if work.files:
             writer.forget_files(work.files)
         if work.redo:

@@ -129,6 +129,24 @@ def test_embed_inspect_sql_verify(tmp_path: Path, tiny_bert: Path) -> None:
     assert "shard-00001.arrow" in error_line(cli("sql", str(out), "SELECT 1", check=False))
 
 
+def test_a_run_with_nothing_to_do_reports_no_speed(
+    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli.stage_one import EmbedCommand, run_embed
+    from pipeline.embedding import EmbedConfig
+
+    corpus = write_corpus(tmp_path / "c.txt", 100)
+    cfg = EmbedConfig(
+        corpus=str(corpus), out=tmp_path / "o", teacher=str(tiny_bert), progress=False
+    )
+    run_embed(EmbedCommand(embed=cfg))
+    assert "100 rows embedded in this run at" in capsys.readouterr().err
+    run_embed(EmbedCommand(embed=cfg))
+    said = capsys.readouterr().err
+    assert "nothing to do" in said and "sent/s" not in said, said
+    assert "100 rows in 1 shards, status complete" in said
+
+
 def test_bad_input_is_one_line(tmp_path: Path, tiny_bert: Path) -> None:
     t = ["--teacher", str(tiny_bert), *TINY]
     line = error_line(
