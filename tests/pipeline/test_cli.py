@@ -43,7 +43,14 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_every_command_has_help_with_an_example() -> None:
+def test_every_command_has_help_with_an_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process (fast); the subprocess test below checks the width a pipe really gets."""
+    import typer.rich_utils
+    from typer.testing import CliRunner
+
+    from pipeline.cli import PIPED_HELP_WIDTH, app
+
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", PIPED_HELP_WIDTH)
     commands = [
         ["embed"],
         ["inspect"],
@@ -56,9 +63,10 @@ def test_every_command_has_help_with_an_example() -> None:
         ["eval-sts"],
     ]
     for command in commands:
-        out = cli(*command, "--help").stdout
-        assert "Example: pipeline" in out, command
-        assert "…" not in out, f"help of {command} is cut off when piped"
+        result = CliRunner().invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Example: pipeline" in result.output, command
+        assert "…" not in result.output, f"help of {command} is cut off when piped"
 
 
 def test_piped_help_names_every_option_in_full() -> None:
@@ -72,6 +80,7 @@ def test_piped_help_names_every_option_in_full() -> None:
     assert "$PIPELINE_WIKI_DUMP" in out and "--no-trust-remote-code" in out
 
 
+@pytest.mark.slow
 def test_embed_inspect_sql_verify(tmp_path: Path, tiny_bert: Path) -> None:
     corpus = write_corpus(tmp_path / "c.txt", 300)
     out = tmp_path / "cache"
@@ -147,6 +156,7 @@ def test_a_run_with_nothing_to_do_reports_no_speed(
     assert "100 rows in 1 shards, status complete" in said
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(tmp_path: Path, tiny_bert: Path) -> None:
     t = ["--teacher", str(tiny_bert), *TINY]
     line = error_line(
@@ -282,6 +292,7 @@ def test_sigkill_leaves_no_process_and_resume_gives_the_uninterrupted_cache(
     assert_same_cache(out, tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_disk_full_then_resume(tmp_path: Path, tiny_bert: Path) -> None:
     # Short sentences, then long ones: the first shards fit the "disk", a later one does not.
     lines = write_corpus(tmp_path / "c.txt", 600).read_text().splitlines()
