@@ -84,10 +84,10 @@ class CacheLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _read_holder(fd)
+                holder = describe_holder(_read_holder(fd))
                 os.close(fd)
                 raise CacheError(
-                    f"{self.directory} is being written by another run ({describe(holder)}); "
+                    f"{self.directory} is being written by another run ({holder}); "
                     "wait for it to finish, or stop it and rerun"
                 ) from None
             except OSError:
@@ -140,7 +140,7 @@ class CacheLock:
             raise _unwritable(self.directory, e) from None
 
 
-def describe(holder: dict[str, Any] | None) -> str:
+def describe_holder(holder: dict[str, Any] | None) -> str:
     """`pid 123 on host h since T: pipeline embed ...`, from a lock file's text."""
     if not holder:
         return "a process that left no details"

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from cache import CacheWriter, Manifest, ShardInfo, merge_rank_manifests, sentence_schema
 from cache.errors import CacheError, SraError
-from cache.lock import CacheLock, describe
+from cache.lock import CacheLock, describe_holder
 from cache.manifest import EMBEDDINGS_NAME, TOKENIZER_NAME
 from cache.options import nested, option
 from cache.writer import unmerge
@@ -169,9 +169,8 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
         CorpusReader(spec, cfg.filters, prefetch) as reader,
     ):
         if lock.previous is not None:
-            _log(
-                f"{cfg.out}: taking over the lock of a run that is gone ({describe(lock.previous)})"
-            )
+            gone = describe_holder(lock.previous)
+            _log(f"{cfg.out}: taking over the lock of a run that is gone ({gone})")
         progress.phase(f"loading the teacher {cfg.teacher or '(the default, all-MiniLM-L6-v2)'}")
         import torch
 
