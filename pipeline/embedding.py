@@ -13,9 +13,11 @@ thread writes and checksums shards.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -172,6 +174,10 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
             gone = describe_holder(lock.previous)
             _log(f"{cfg.out}: taking over the lock of a run that is gone ({gone})")
         progress.phase(f"loading the teacher {cfg.teacher or '(the default, all-MiniLM-L6-v2)'}")
+        # The weights' checksum (the teacher's identity) is read beside the imports and the
+        # load, not after them: hashlib works without the GIL.
+        hashing = threading.Thread(target=_hash_weights, args=(cfg.teacher,), daemon=True)
+        hashing.start()
         import torch
 
         from pipeline.teacher import Teacher
@@ -190,6 +196,7 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
             logits=extension is not None and extension.wants_logits,
         )
         marks.mark("teacher_loaded")
+        hashing.join()
         if extension is not None:
             extension.check(teacher)
         config = {
@@ -352,6 +359,8 @@ class _Run:
             writer.redo(work.redo)
         if work.truncate:
             writer.truncate(work.truncate)
+        # Recorded now, so an interrupted run can say what it was started with.
+        writer.manifest.stream["limit"] = work.limit
 
     def stream(self, writer: CacheWriter, work: _Work) -> Manifest:
         """Read the corpus, embed the windows the cache lacks, write them, finish."""
@@ -491,6 +500,13 @@ def _process_age() -> float:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _hash_weights(name: str | None) -> None:
+    from pipeline.teacher import resolve_teacher, weights_sha256
+
+    with contextlib.suppress(OSError):  # the teacher's own load reports a missing folder
+        weights_sha256(resolve_teacher(name))
 
 
 def _watch_launcher() -> int | None:
