@@ -341,7 +341,7 @@ class _Run:
             _log(
                 f"{cfg.out}: {len(names)} damaged file(s) ({', '.join(names[:5])}"
                 + (", …" if len(names) > 5 else "")
-                + "): embedding their windows again (same ids and rows)"
+                + "): writing them again (a shard's windows are embedded again: same ids and rows)"
             )
         return work
 

@@ -67,8 +67,8 @@ def run_embed(command: EmbedCommand, outputs: str | None = None) -> None:
     ]
     line = f"{cfg.out}: {manifest.num_rows:,} rows in {len(manifest.shards)} shards, status "
     line += manifest.status
-    if manifest.updated_at != before:  # this run wrote the cache: its speed is news
-        line += f"; {t.get('rows_this_run', 0):,} rows embedded in this run"
+    if manifest.updated_at != before and t.get("rows_this_run"):  # this run's speed is news
+        line += f"; {t['rows_this_run']:,} rows embedded in this run"
         line += f" at {t.get('sentences_per_second', 0):,.0f} sent/s"
         line += f" ({', '.join(notes)})" if notes else ""
     print(line, file=sys.stderr)
@@ -134,6 +134,7 @@ def sql(
 def verify(cache: Path = typer.Argument(..., help="Cache directory.")) -> None:
     """Recompute every checksum and re-read every shard; exit 1 on any problem."""
     from cache import verify_cache
+    from cache.reader import REPAIR_HINT
 
     report = verify_cache(cache)
     for note in report.notes:
@@ -141,11 +142,10 @@ def verify(cache: Path = typer.Argument(..., help="Cache directory.")) -> None:
     if not report.ok:
         for problem in report.problems:
             print(f"error: {problem}", file=sys.stderr)
-        print(
-            "to repair: rerun the `pipeline embed` command that made the cache, with --repair "
-            "(only the damaged shards are embedded again)",
-            file=sys.stderr,
-        )
+        if any(REPAIR_HINT not in problem for problem in report.problems):
+            print(
+                f"to repair: {REPAIR_HINT} (only what is damaged is written again)", file=sys.stderr
+            )
         raise typer.Exit(1)
     checked = f"{report.shards_checked} shards, {report.rows_checked:,} rows verified"
     if report.complete:
