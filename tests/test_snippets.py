@@ -3,8 +3,9 @@ in module docstrings. And the README's test command is what CI runs, with a summ
 
 The examples are read from the files at test time and run in a scratch folder where the names
 they use exist: a small Wikipedia-style dump (`dump.txt.gz`), a cache (`caches/wiki-minilm`), a
-trained student (`runs/sra-minilm`), a GLUE folder (`glue/`). The one substitution is the
-teacher: the default (packaged MiniLM) is swapped for a tiny random BERT, through TEACHERS below.
+trained student (`runs/sra-minilm`), a GLUE folder (`glue/`), an own task (`data/tickets/`).
+The one substitution is the teacher: the default (packaged MiniLM) is swapped for a tiny random
+BERT, through TEACHERS below.
 A path an example writes (`out=...`) is removed before it runs, so it starts from nothing.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, WORDS, write_glue
+from tests.conftest import REPO, WORDS, distil_tiny_student, write_glue
 
 DOCS = ["README.md", "docs/cache.md", "docs/cli.md"]
 PACKAGES = ["pipeline", "student", "cache"]
@@ -123,43 +124,44 @@ def write_dump(path: Path, articles: int = 40, per_article: int = 30) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """The names the examples use; the student is the shared tiny one (conftest)."""
     import torch
 
-    from pipeline.embedding import EmbedConfig, embed
-    from student import TrainConfig, train
-
     root = tmp_path_factory.mktemp("world")
-    dump = write_dump(root / "dump.txt.gz")
+    write_dump(root / "dump.txt.gz")
     write_glue(root / "glue", n_train=60, n_dev=20)
+    write_tickets(root / "data" / "tickets")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        embed(
-            EmbedConfig(
-                corpus="wiki",
-                wiki_dump=str(dump),
-                out=root / "caches" / "wiki-minilm",
-                teacher=str(tiny_bert),
-                limit=600,
-                window=256,
-                progress=False,
-            )
-        )
-        train(
-            TrainConfig(
-                cache=str(root / "caches" / "wiki-minilm"),
-                out=str(root / "runs" / "sra-minilm"),
-                hidden_size=16,
-                embedding_dim=16,
-                max_steps=3,
-                batch_size=64,
-                progress=False,
-                bf16=False,
-            )
-        )
+        run = distil_tiny_student(tmp_path_factory.mktemp("student"), tiny_bert, steps=3)
     finally:
         torch.set_num_threads(threads)
+    (root / "caches").mkdir()
+    shutil.copytree(open_cache_path(run), root / "caches" / "wiki-minilm")
+    shutil.copytree(run, root / "runs" / "sra-minilm")
     return root
+
+
+def write_tickets(folder: Path) -> None:
+    """An own task (`task:data/tickets`): train and dev files, a `label` and a `queue` column."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    folder.mkdir(parents=True)
+    for split, n in (("train", 60), ("dev", 20)):
+        rows = []
+        for i in range(n):
+            colour = rng.choice(["red", "blue"])
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 12))] + [colour, str(i)]
+            rows.append({"text": " ".join(words), "label": colour, "queue": f"q-{colour}"})
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def open_cache_path(run: Path) -> Path:
+    """The cache a run was trained from: the one folder beside it that holds a manifest."""
+    return next(p for p in run.parent.iterdir() if (p / "manifest.json").exists())
 
 
 def outputs(code: str) -> list[str]:
