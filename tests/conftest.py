@@ -192,6 +192,48 @@ def embed_any(**kw):  # type: ignore[no-untyped-def]
     return embed_corpus(EmbedConfig(**kw), options)
 
 
+def cosine(a, b):  # type: ignore[no-untyped-def]
+    """Row-wise cosine of two [n, d] arrays."""
+    import numpy as np
+
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    """Two caches hold the same shards, rows, ids, texts and tokens; vectors equal to noise."""
+    from cache import open_cache
+
+    ca, cb = open_cache(a), open_cache(b)
+    assert [s.rows for s in ca.shards] == [s.rows for s in cb.shards]
+    assert [s.file for s in ca.shards] == [s.file for s in cb.shards]
+    cols = ["id", "text", "source", "input_ids", "n_tokens", "truncated"]
+    for sa, sb in zip(ca.shards, cb.shards, strict=True):
+        assert ca.read_shard(sa, cols).equals(cb.read_shard(sb, cols))
+        for pooling in ca.poolings:
+            assert cosine(ca.vectors(pooling, sa), cb.vectors(pooling, sb)).min() >= 0.99999
+
+
+def assert_same_rows(a: Path, b: Path) -> None:
+    """Two caches hold the same rows by id (shard boundaries may differ: a grown cache)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from cache import open_cache
+
+    def rows(path: Path) -> pa.Table:
+        c = open_cache(path)
+        cols = ["id", "text", "source", "input_ids", "n_tokens", "truncated", *c.poolings]
+        return pa.concat_tables(c.read_shard(s, cols) for s in c.shards).sort_by("id")
+
+    ta, tb = rows(a), rows(b)
+    plain = ["id", "text", "source", "input_ids", "n_tokens", "truncated"]
+    assert ta.select(plain).equals(tb.select(plain))
+    for pooling in ta.column_names[len(plain) :]:
+        va = np.array(ta.column(pooling).to_pylist())
+        vb = np.array(tb.column(pooling).to_pylist())
+        assert cosine(va, vb).min() >= 0.99999
+
+
 def make_cache(
     root: Path,
     teacher: Path,

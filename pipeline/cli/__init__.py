@@ -95,9 +95,23 @@ def write_json(path: Path | None, result: dict[str, object]) -> None:
 # The command modules register themselves on `app` when imported.
 from pipeline.cli import bench, predict, stage_one, stage_two, tasks  # noqa: E402, F401
 
+# Help read from a pipe or a file (`pipeline embed --help | less`, CI logs) is laid out this
+# wide: rich's default of 80 columns off a terminal cut option names to `--trust-remote-co…`.
+PIPED_HELP_WIDTH = 160
+
+
+def wide_help_when_piped() -> None:
+    """Off a terminal, lay help out PIPED_HELP_WIDTH wide (unless TERMINAL_WIDTH says otherwise)."""
+    if sys.stdout.isatty() or os.environ.get("TERMINAL_WIDTH"):
+        return
+    import typer.rich_utils
+
+    typer.rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
+
 
 def main() -> None:
     """Entry point of the `pipeline` script and `python -m pipeline`."""
+    wide_help_when_piped()
     try:
         app()
     except KeyboardInterrupt:

@@ -32,6 +32,25 @@ def bench_embed(
 
 
 @command(
+    "startup",
+    on=bench_app,
+    epilog="Example: pipeline bench startup --wiki-dump "
+    "../shared/data/wiki/enwiki_2015_wikiextractor_AA-AB.txt.gz --sentences 8000",
+)
+def bench_startup(
+    wiki_dump: str | None = typer.Option(None, help="WikiExtractor dump [$PIPELINE_WIKI_DUMP]."),
+    sentences: int = typer.Option(8000, help="Sentences to embed."),
+    workdir: Path = typer.Option(Path("caches/bench"), help="Scratch folder for the caches."),
+    repeats: int = typer.Option(3, help="Runs of each, alternating; medians are reported."),
+) -> None:
+    """Whole-process pipeline embed vs sentence-transformers (start-up included), and where
+    pipeline embed's start-up goes."""
+    from pipeline.bench.embed import bench_startup as run
+
+    print(json.dumps(run(wiki_dump, sentences, workdir, repeats), indent=2))
+
+
+@command(
     "student",
     on=bench_app,
     epilog="Example: pipeline bench student --student runs/sra-minilm-1m "
