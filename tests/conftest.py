@@ -8,6 +8,8 @@ import io
 import json
 import os
 import string
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -437,3 +439,28 @@ def own_task_models(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -
         name: finetune_own_task(root / name, tiny_bert, name, **options.get(name, {}))
         for name in OWN_TASKS
     }
+
+
+# -- the `pipeline` command as a user runs it (a subprocess) ----------------------------
+
+# One torch thread: tiny teachers run fastest so, and far faster when other jobs share the cores.
+ENV = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    env = os.environ | ENV | kw.pop("env", {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env, **kw
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr[-3000:]}")
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """Bad input ends as exactly one `error:` line and exit status 1, never a traceback."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]

@@ -15,32 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cache import open_cache
-from tests.conftest import REPO, assert_same_cache, write_corpus
+from tests.conftest import ENV, REPO, assert_same_cache, cli, error_line, write_corpus
 
 TINY = ["--window", "64", "--shard-rows", "150", "--no-progress"]
-
-
-# One torch thread: tiny teachers run fastest so, and far faster when other jobs share the cores.
-ENV = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    env = os.environ | ENV | kw.pop("env", {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env, **kw
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {proc.stderr[-3000:]}")
-    return proc
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """Bad input ends as exactly one `error:` line and exit status 1, never a traceback."""
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_every_command_has_help_with_an_example(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,8 +24,7 @@ from cache.task_data import (
 )
 from pipeline.tasks.augment import AugmentConfig
 from pipeline.tasks.corpus import load_task_corpus
-from tests.conftest import embed_any, write_glue
-from tests.pipeline.test_task_files import write_table
+from tests.conftest import embed_any, write_glue, write_table
 
 BASE = dict(window=32, progress=False, dtype="fp32")
 
@@ -240,7 +239,7 @@ def _replace_task_json(cache: Path, info: dict) -> None:
 
 
 def test_the_embed_command_takes_the_task_options(tmp_path: Path) -> None:
-    from tests.pipeline.test_cli import cli, error_line
+    from tests.conftest import cli, error_line
 
     help_text = cli("embed", "--help").stdout
     for flag in (
