@@ -1,7 +1,8 @@
 """The `pipeline` command: a thin typer layer; every command calls a plain library function.
 
 Commands live by stage: `stage_one.py` (embed, inspect, sql, verify), `stage_two.py` (train,
-report, eval-sts), `tasks.py` (finetune, evaluate, teacher-finetune), `bench.py` (bench ...).
+report, eval-sts), `tasks.py` (finetune, evaluate, teacher-finetune), `bench.py` (bench ...),
+`export.py` (export).
 Each registers itself on `app` through `command()`, which turns an `SraError` (or an OS error
 such as a full disk) into one `error:` line and exit status 1; `--debug` or
 `PIPELINE_DEBUG=1` shows the traceback instead.
@@ -92,7 +93,7 @@ def write_json(path: Path | None, result: dict[str, object]) -> None:
 
 
 # The command modules register themselves on `app` when imported.
-from pipeline.cli import bench, stage_one, stage_two, tasks  # noqa: E402, F401
+from pipeline.cli import bench, export, stage_one, stage_two, tasks  # noqa: E402, F401
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def export_onnx(
         "out": str(out),
         "kind": kind,
         "int8": int8,
-        "mb": round(len(model) / 1e6, 1),
+        "mb": round(len(model) / 1e6, 2),
         "check": check,
     }
 
