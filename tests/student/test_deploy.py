@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import safetensors.torch
 import torch
 
 from student import SraError, StudentConfig, StudentEncoder
@@ -20,7 +19,7 @@ from student.deploy.export import export_onnx, source_kind
 from student.deploy.onnx_graph import encoder_graph, serialize
 from student.deploy.task import OnnxTaskModel, TorchTaskModel, load_task_model
 from student.model import BiLSTMEncoder, lstm_packed
-from student.task_model import TaskHead
+from tests.conftest import make_task_run
 from tests.student.conftest import SENTENCES, WORDS
 
 # int8 on a tiny random model: close to fp32, not equal (the 0.995 bar on real students is
@@ -41,26 +40,6 @@ def mixed_sentences(count: int, seed: int = 0) -> list[str]:
 def saved(tiny_encoder: StudentEncoder, tmp_path: Path) -> Path:
     tiny_encoder.save_pretrained(tmp_path / "student")
     return tmp_path / "student"
-
-
-def make_task_run(
-    folder: Path, encoder: StudentEncoder, task: str, pair: bool, kind: str, labels
-) -> Path:
-    """A fine-tuned run folder as `pipeline finetune` writes it (encoder/, head.safetensors,
-    finetune.json's head entry), with a random head."""
-    torch.manual_seed(1)
-    outputs = len(labels) if labels else 1
-    head = TaskHead(encoder.config.output_dim, pair, outputs, kind, 7, 0.1)
-    folder.mkdir(parents=True)
-    encoder.save_pretrained(folder / "encoder")
-    state = {k: v.contiguous() for k, v in head.state_dict().items()}
-    safetensors.torch.save_file(state, folder / "head.safetensors")
-    run = {
-        "task": task,
-        "head": {"kind": kind, "hidden": 7, "pair": pair, "outputs": outputs, "labels": labels},
-    }
-    (folder / "finetune.json").write_text(json.dumps(run))
-    return folder
 
 
 # ----------------------------------------------------------------------- the graph
