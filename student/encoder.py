@@ -74,6 +74,8 @@ def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     the tail would otherwise pad hundreds of short ones (`pipeline bench student` on 1,004
     Wikipedia sentences, docs/benchmarks.md: 2,149 sentences/s without the cap, 3,678 with).
     """
+    if len(lengths) == 1:
+        return [np.zeros(1, dtype=np.int64)]
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
     runs = np.split(order, np.flatnonzero(np.diff(sorted_lengths)) + 1)
@@ -278,7 +280,10 @@ class StudentEncoder:
         if not texts:
             return np.zeros((0, dim), dtype=np.float32)
 
-        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
+        if len(texts) == 1:  # one sentence (a latency-bound call): skip the batch machinery
+            ids = [self._tokenizer.encode(texts[0]).ids]
+        else:
+            ids = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
         result = np.empty((len(texts), dim), dtype=np.float32)
 
