@@ -182,8 +182,12 @@ def _check(encoder: Any, folder: Path, sentences: list[str]) -> dict[str, Any]:
     ``max_length`` word pieces; longer ones differ by design, see the module doc)."""
     import numpy as np
 
+    from tokenizers import Tokenizer
+
     st = _require_sentence_transformers()
-    lengths = [len(e.ids) for e in encoder.tokenizer.encode_batch(sentences)]
+    counter = Tokenizer.from_str(encoder.tokenizer.to_str())  # the saved one may truncate
+    counter.no_truncation()
+    lengths = [len(e.ids) for e in counter.encode_batch(sentences)]
     fits = [s for s, n in zip(sentences, lengths, strict=True) if n <= encoder.config.max_length]
     if not fits:
         raise SraError("no check sentence fits within max_length word pieces; pass shorter ones")

@@ -14,7 +14,7 @@ with one sentence per line) and each thread count (``--threads 1,2``):
   also exported to ONNX and run on ONNX Runtime, fp32 and int8 (``bench/onnx_teacher.py``);
 - a BERT-base-sized encoder with random weights (the paper's teacher size), built in code and
   run exactly like the teacher (and on ONNX Runtime with ``--teacher-onnx``), on at most 1,000
-  of the sentences, for speed only;
+  of the sentences (``--bert-base-sentences``), for speed only;
 - with ``--model2vec DIR``, a static baseline: Model2Vec distilled from the same teacher (into
   DIR first when DIR does not hold one; needs the ``bench`` extra).
 
@@ -113,12 +113,13 @@ def bench_student(
     teacher_onnx: bool = False,
     bert_base: bool = True,
     bert_base_size: Sequence[int] = BERT_BASE_SIZE,
+    bert_base_sentences: int = BERT_BASE_MAX_SENTENCES,
     model2vec: Path | None = None,
     quality: bool = True,
 ) -> dict[str, Any]:
     """Measure every model on every sentence set and thread count; JSON-ready results."""
-    if batch_size < 1 or latency_samples < 1:
-        raise SraError("--batch-size and --latency-samples must be >= 1")
+    if batch_size < 1 or latency_samples < 1 or bert_base_sentences < 1:
+        raise SraError("--batch-size, --latency-samples and --bert-base-sentences must be >= 1")
     if not students:
         raise SraError("pass at least one --student")
     unknown = [b for b in backends if b not in BACKENDS]
@@ -156,7 +157,7 @@ def bench_student(
             for entry in entries:
                 encode, one = entry.make(count)
                 for s in sets:
-                    texts = _subset(s.texts) if entry.subset else s.texts
+                    texts = _subset(s.texts, bert_base_sentences) if entry.subset else s.texts
                     speed = _throughput(encode, texts)
                     speed.update(_latency(one, _latency_picks(texts, latency_samples)))
                     if entry.subset:
@@ -687,10 +688,10 @@ def _latency_picks(texts: list[str], samples: int) -> list[str]:
     return [texts[i * len(texts) // samples % len(texts)] for i in range(samples)]
 
 
-def _subset(texts: list[str]) -> list[str]:
+def _subset(texts: list[str], most: int) -> list[str]:
     # An even spread over the sentences, so its length mix matches the full set's.
-    step = max(1, -(-len(texts) // BERT_BASE_MAX_SENTENCES))
-    return texts[::step][:BERT_BASE_MAX_SENTENCES]
+    step = max(1, -(-len(texts) // most))
+    return texts[::step][:most]
 
 
 # ------------------------------------------------------------------------------ speed-ups

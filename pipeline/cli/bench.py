@@ -71,6 +71,9 @@ def bench_student(
     bert_base_size: str = typer.Option(
         "768,12,12,3072", hidden=True, help="hidden,layers,heads,intermediate (tests)."
     ),
+    bert_base_sentences: int = typer.Option(
+        1000, help="Time BERT-base on at most this many of each set's sentences."
+    ),
     model2vec: Path | None = typer.Option(
         None, help="Model2Vec folder for a static baseline (distilled from the teacher if absent)."
     ),
@@ -100,6 +103,7 @@ def bench_student(
         teacher_onnx=teacher_onnx,
         bert_base=bert_base,
         bert_base_size=_int_list(bert_base_size, "--bert-base-size"),
+        bert_base_sentences=bert_base_sentences,
         model2vec=model2vec,
         quality=quality,
     )

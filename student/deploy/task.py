@@ -62,8 +62,8 @@ class TaskInfo:
 
 
 class TaskModelBase:
-    """Shared batching: pairs sorted by their longer side, cut as ``StudentEncoder.encode``
-    cuts batches, results returned in input order."""
+    """What every task model answers: ``logits`` (each backend its own way), ``predict``
+    (read from the logits through ``info``), and the one check of its inputs."""
 
     info: TaskInfo
     backend: str
@@ -111,7 +111,9 @@ class TorchTaskModel(TaskModelBase):
 
 
 class OnnxTaskModel(TaskModelBase):
-    """The task graph (encoder on each side, then the head) on an ONNX Runtime session."""
+    """The task graph (encoder on each side, then the head) on an ONNX Runtime session;
+    pairs sorted by their longer side and cut into batches as ``StudentEncoder.encode`` cuts
+    them, results in input order."""
 
     def __init__(
         self,
