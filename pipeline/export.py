@@ -181,7 +181,6 @@ def _check(encoder: Any, folder: Path, sentences: list[str]) -> dict[str, Any]:
     """Load the written folder as a user would and compare with ``encode`` (sentences within
     ``max_length`` word pieces; longer ones differ by design, see the module doc)."""
     import numpy as np
-
     from tokenizers import Tokenizer
 
     st = _require_sentence_transformers()
