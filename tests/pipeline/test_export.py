@@ -73,6 +73,25 @@ def test_sentence_transformers_round_trip(tiny_bert, tmp_path, shape):
     assert loaded.encode(SHORT).shape == (len(SHORT), 8)
 
 
+def test_sentence_transformers_check_leaves_out_sentences_past_max_length(tiny_bert, tmp_path):
+    """Longer sentences differ by design (WordEmbeddings cuts after tokenization); they are
+    counted without the truncation a teacher's saved tokenizer.json carries."""
+    tokenizer = Tokenizer.from_file(str(tiny_bert / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=24)
+    config = StudentConfig(
+        vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+        embedding_dim=16,
+        hidden_size=12,
+        output_dim=8,
+        max_length=24,
+    )
+    torch.manual_seed(0)
+    StudentEncoder(config, tokenizer=tokenizer).save_pretrained(tmp_path / "student")
+    sentences = [*SHORT, " ".join(["river"] * 40)]
+    result = export_sentence_transformers(tmp_path / "student", tmp_path / "st", sentences)
+    assert result["check"]["passed"] and result["check"]["sentences"] == len(SHORT)
+
+
 def test_sentence_transformers_refuses_a_task_run(tiny_bert, tmp_path):
     run = tmp_path / "run"
     make_student(tiny_bert, run / "encoder")
