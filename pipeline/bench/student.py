@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -158,12 +159,14 @@ def bench_student(
                 encode, one = entry.make(count)
                 for s in sets:
                     texts = _subset(s.texts, bert_base_sentences) if entry.subset else s.texts
+                    _progress(f"{_label(entry.row)} {entry.row['backend']}: {s.name}, {count} threads")
                     speed = _throughput(encode, texts)
                     speed.update(_latency(one, _latency_picks(texts, latency_samples)))
                     if entry.subset:
                         speed["sentences"] = len(texts)
                     entry.row["speed"].setdefault(s.name, {})[str(count)] = speed
                 if quality and entry.quality is not None and count == max(thread_counts):
+                    _progress(f"{_label(entry.row)} {entry.row['backend']}: quality")
                     entry.row["quality"] = entry.quality(encode)
     finally:
         torch.set_num_threads(previous_threads)
@@ -194,6 +197,11 @@ def bench_student(
         "target": _target(rows, sets, thread_counts),
         "notes": notes,
     }
+
+
+def _progress(what: str) -> None:
+    """A long benchmark says where it is (stderr, so the tables and JSON stay clean)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ inputs
