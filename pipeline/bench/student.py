@@ -157,16 +157,17 @@ def bench_student(
             torch.set_num_threads(count)
             for entry in entries:
                 encode, one = entry.make(count)
+                name = f"{_label(entry.row)} {entry.row['backend']}"
                 for s in sets:
                     texts = _subset(s.texts, bert_base_sentences) if entry.subset else s.texts
-                    _progress(f"{_label(entry.row)} {entry.row['backend']}: {s.name}, {count} threads")
+                    _progress(f"{name}: {s.name}, {count} threads")
                     speed = _throughput(encode, texts)
                     speed.update(_latency(one, _latency_picks(texts, latency_samples)))
                     if entry.subset:
                         speed["sentences"] = len(texts)
                     entry.row["speed"].setdefault(s.name, {})[str(count)] = speed
                 if quality and entry.quality is not None and count == max(thread_counts):
-                    _progress(f"{_label(entry.row)} {entry.row['backend']}: quality")
+                    _progress(f"{name}: quality")
                     entry.row["quality"] = entry.quality(encode)
     finally:
         torch.set_num_threads(previous_threads)
