@@ -30,15 +30,23 @@ def option(
     flag: str | None = None,
     aliases: tuple[str, ...] = (),
     hidden: bool = False,
+    argument: bool = False,
     factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A field that is also a command-line option.
 
     ``flag``: the option's name when it is not the field's (``num_layers`` -> ``layers``);
     ``aliases``: older names that keep working; ``hidden``: left out of ``--help`` (options
-    for tests and benchmarks). ``factory`` replaces ``default`` for mutable defaults.
+    for tests and benchmarks); ``argument``: a positional argument (``pipeline report RUN``)
+    instead of an option. ``factory`` replaces ``default`` for mutable defaults.
     """
-    metadata = {"help": help, "flag": flag, "aliases": tuple(aliases), "hidden": hidden}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "aliases": tuple(aliases),
+        "hidden": hidden,
+        "argument": argument,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -74,3 +82,53 @@ def default_of(f: Field[Any]) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     return MISSING
+
+
+def configure(cls: type, **options: Any) -> Any:
+    """A config of ``cls`` from option names, wherever their fields sit among nested configs.
+
+    The names are the command line's, with underscores (``layers``, ``student_pooling``,
+    ``lm_weight``), so Python reads like the command it mirrors::
+
+        configure(TrainConfig, cache="caches/wiki", out="runs/x", layers=2, lm_weight=0.5)
+
+    A nested config may also be passed whole by its field name. Unknown names raise
+    TypeError; fields not named keep their defaults.
+    """
+    left = dict(options)
+    config = _configure(cls, left)
+    if left:
+        raise TypeError(f"{cls.__name__} has no option {', '.join(sorted(left))}")
+    return config
+
+
+def _configure(cls: type, left: dict[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if is_nested(f):
+            if f.name in left and dataclasses.is_dataclass(left[f.name]):
+                kwargs[f.name] = left.pop(f.name)
+            else:
+                kwargs[f.name] = _configure(f.default_factory, left)  # type: ignore[arg-type]
+        elif not is_internal(f):
+            name = flag_of(f).replace("-", "_")
+            if name in left:
+                kwargs[f.name] = left.pop(name)
+    return cls(**kwargs)
+
+
+def option_values(config: Any) -> dict[str, Any]:
+    """Every option of a config as ``{name: value}`` (``configure``'s names), JSON-ready:
+    what a run was asked for, kept beside what decides its result."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if is_nested(f):
+            values |= option_values(value)
+        elif not is_internal(f):
+            if isinstance(value, tuple):
+                value = list(value)
+            elif value is not None and not isinstance(value, bool | int | float | str):
+                value = str(value)  # paths
+            values[flag_of(f).replace("-", "_")] = value
+    return values

@@ -10,7 +10,6 @@ import pyarrow as pa
 
 from cache.manifest import Manifest
 
-POOLINGS = ("mean", "cls", "pooler")
 BASE_FIELDS = [
     pa.field("id", pa.int64(), nullable=False),
     pa.field("text", pa.string()),

@@ -47,7 +47,8 @@ class EmbedConfig:
     corpus: str = option(
         MISSING,
         "wiki | a file or folder (.txt/.jsonl/.parquet[.gz]) | hf:NAME[:CONFIG] | glue:TASK "
-        "(sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli)",
+        "(sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli) | task:PATH (a folder of "
+        "train, dev and optional test files) | task:hf:NAME[:CONFIG] | task (with --train, --dev)",
     )
     out: Path = option(MISSING, "Cache directory to create or resume.")
     wiki_dump: str | None = option(

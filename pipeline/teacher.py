@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from cache.errors import SraError
+from student.runtime import cpu_bf16_supported, resolve_device
 
 DEFAULT_TEACHER = "sentence-transformers/all-MiniLM-L6-v2"
+#: How the teacher's token states become a sentence vector: each names a cache column (the
+#: student's own pooling is ``student.config.POOLINGS``).
 POOLINGS = ("mean", "cls", "pooler")
 # `mean_layerN`: the mean of hidden layer N (0 = the embedding output). A middle layer keeps
 # syntax that a last layer tuned for semantic similarity drops: on CoLA, a logistic regression
@@ -57,24 +60,6 @@ def budget_batches(lengths: np.ndarray, budget: int) -> Iterator[np.ndarray]:
         i = j
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SraError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise SraError(f"unknown --device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (avx512_bf16 or AMX); else bf16 is slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> str:
     if dtype not in ("auto", *DTYPES):
         raise SraError(f"unknown --dtype {dtype!r}; use auto, fp32, bf16 or fp16")
@@ -82,7 +67,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
         return dtype
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    return "bf16" if cpu_bf16_supported() else "fp32"
 
 
 class Teacher:

@@ -12,25 +12,52 @@ Training one from a stage-one cache (``pipeline train``)::
     from student import TrainConfig, train
     train(TrainConfig(cache="caches/wiki-minilm", out="runs/sra-minilm"))
 
+The package's top level is what a deployed student needs: ``config`` (StudentConfig),
+``model`` (BiLSTMEncoder), ``encoder`` (StudentEncoder), ``runtime`` (device and bf16) and
+``sts``. Training lives in ``student.training`` (distillation), ``student.finetuning`` (GLUE
+tasks) and ``student.runs`` (the run folder both share).
+
 This package must never import ``transformers`` or the ``pipeline`` package: it only
-needs torch, tokenizers, safetensors, numpy and the ``cache`` reader.
+needs torch, tokenizers, safetensors, numpy and the ``cache`` reader. The names below load on
+first use, so that reading a config (the command line does, at start-up) imports no torch.
 """
 
-from cache.errors import SraError
-from student.config import StudentConfig
-from student.encoder import StudentEncoder
-from student.model import BiLSTMEncoder
+from __future__ import annotations
 
-# Last, and eagerly: the function `train` must shadow the submodule of the same name on the
-# package (a lazy import would leave `student.train` bound to the module). The module itself
-# stays reachable as sys.modules["student.train"] and through `from student.train import ...`.
-from student.train import TrainConfig, train  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cache.errors import SraError
+
+if TYPE_CHECKING:
+    from student.config import StudentConfig
+    from student.encoder import StudentEncoder
+    from student.model import BiLSTMEncoder
+    from student.training.config import TrainConfig
+    from student.training.loop import train
+
+StudentError = SraError  # the old name, kept for callers
+
+_LAZY = {
+    "StudentConfig": "student.config",
+    "StudentEncoder": "student.encoder",
+    "BiLSTMEncoder": "student.model",
+    "TrainConfig": "student.training.config",
+    "train": "student.training.loop",
+}
 
 __all__ = [
     "BiLSTMEncoder",
+    "SraError",
     "StudentConfig",
     "StudentEncoder",
-    "SraError",
+    "StudentError",
     "TrainConfig",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'student' has no attribute {name!r}")

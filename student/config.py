@@ -1,4 +1,9 @@
-"""The student's architecture and provenance, saved as ``config.json`` next to its weights."""
+"""The student's architecture and provenance, saved as ``config.json`` next to its weights.
+
+``StudentShape`` is the part a user chooses (``pipeline train``'s student options);
+``StudentConfig`` is the whole saved config: the shape, plus what the teacher's cache fixes
+(vocabulary, output size, pad id) and provenance. Its defaults are the shape's, written once.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,52 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cache.errors import SraError
+from cache.options import option
+
+#: How the student pools its LSTM states into a sentence vector (the teacher's poolings,
+#: which name cache columns, are ``pipeline.teacher.POOLINGS``).
 POOLINGS = ("max", "mean", "max+mean")
+
+
+@dataclass(frozen=True)
+class StudentShape:
+    """The student's architecture as ``pipeline train`` takes it (see StudentConfig for why
+    these defaults)."""
+
+    embedding_dim: int = option(300, "Student token-embedding size.")
+    hidden_size: int = option(300, "LSTM hidden size per direction.")
+    num_layers: int = option(1, "Stacked BiLSTM layers.", flag="layers")
+    pooling: str = option("max", "max | mean | max+mean over LSTM states.", flag="student-pooling")
+    dropout: float = option(0.1, "Dropout on token embeddings (and between layers).")
+    projection_hidden: int = option(
+        0, "0: linear projection to the teacher's space; N: an MLP with N hidden units."
+    )
+
+    def __post_init__(self) -> None:
+        for name, flag in (
+            ("embedding_dim", "embedding-dim"),
+            ("hidden_size", "hidden-size"),
+            ("num_layers", "layers"),
+        ):
+            if getattr(self, name) < 1:
+                raise SraError(f"--{flag} must be >= 1, got {getattr(self, name)}")
+        if self.projection_hidden < 0:
+            raise SraError(f"--projection-hidden must be >= 0, got {self.projection_hidden}")
+        if self.pooling not in POOLINGS:
+            raise SraError(
+                f"--student-pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
+            )
+        if not (math.isfinite(self.dropout) and 0 <= self.dropout < 1):
+            raise SraError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def config(self, **sized: Any) -> StudentConfig:
+        """The whole StudentConfig: this shape plus what the cache fixes (``vocab_size``,
+        ``output_dim``, ``pad_id``, ``max_length``) and provenance."""
+        return StudentConfig(**dataclasses.asdict(self), **sized)
+
+
+_SHAPE = StudentShape()
 
 _INT_FIELDS = (
     "vocab_size",
@@ -54,13 +104,13 @@ class StudentConfig:
     """
 
     vocab_size: int
-    embedding_dim: int = 300
-    hidden_size: int = 300
-    num_layers: int = 1
+    embedding_dim: int = _SHAPE.embedding_dim
+    hidden_size: int = _SHAPE.hidden_size
+    num_layers: int = _SHAPE.num_layers
     bidirectional: bool = True
-    pooling: str = "max"
-    dropout: float = 0.1
-    projection_hidden: int = 0
+    pooling: str = _SHAPE.pooling
+    dropout: float = _SHAPE.dropout
+    projection_hidden: int = _SHAPE.projection_hidden
     output_dim: int = 384
     pad_id: int = 0
     max_length: int = 128

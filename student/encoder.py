@@ -10,14 +10,13 @@ A student folder is flat and self-contained (local files only, never a hub looku
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import platform
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -28,7 +27,8 @@ from cache.errors import SraError
 from cache.files import fsync_dir, write_file
 from student.config import StudentConfig
 from student.deploy.folder import is_export
-from student.model import BiLSTMEncoder, onednn_bf16_available
+from student.model import BiLSTMEncoder
+from student.runtime import cpu_bf16_supported
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,21 +44,6 @@ _MIN_UNIFORM_BATCH = 32
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
-
-
-@functools.cache
-def cpu_bf16_supported() -> bool:
-    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX on x86, ARM BF16)."""
-    if not onednn_bf16_available():
-        return False
-    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
-        # oneDNN also says yes on plain AVX-512, where bf16 is emulated and not faster.
-        try:
-            flags = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return True  # not Linux: trust oneDNN's own check
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return True
 
 
 _POOL_TOKENS = 4096
@@ -280,10 +265,7 @@ class StudentEncoder:
         if not texts:
             return np.zeros((0, dim), dtype=np.float32)
 
-        if len(texts) == 1:  # one sentence (a latency-bound call): skip the batch machinery
-            ids = [self._tokenizer.encode(texts[0]).ids]
-        else:
-            ids = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
+        ids = [encoding.ids for encoding in self._tokenize(texts)]
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
         result = np.empty((len(texts), dim), dtype=np.float32)
 
@@ -329,6 +311,24 @@ class StudentEncoder:
                 yield run
         finally:
             self.model.train(was_training)
+
+    def _tokenize(self, texts: list[str]) -> list[Any]:
+        try:
+            if len(texts) == 1:  # one sentence (a latency-bound call): no batch machinery
+                return [self._tokenizer.encode(texts[0])]
+            return self._tokenizer.encode_batch(texts)
+        except TypeError:
+            # The tokenizer takes only text that encodes as UTF-8: name the item that does not
+            # (a lone surrogate such as "\\ud800", from a bad decode upstream).
+            for i, text in enumerate(texts):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise SraError(
+                        f"sentence {i} is not valid Unicode text (a lone surrogate "
+                        f"{text[e.start]!r} at position {e.start}); fix or drop it"
+                    ) from None
+            raise
 
     @staticmethod
     @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from student.config import StudentConfig
+from student.runtime import onednn_bf16_available
 
 
 def _between_layers(config: StudentConfig) -> float:
@@ -135,8 +135,9 @@ class BiLSTMEncoder(nn.Module):
             input_ids = input_ids[:, : int(lengths.max())]
         return input_ids, lengths
 
-    def _pool(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Pool ``out [B, T, D]`` over the first ``lengths[b]`` positions of each row."""
+    def pool(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Pool ``out [B, T, D]`` over the first ``lengths[b]`` positions of each row (the
+        states and lengths ``states`` returns)."""
         steps = torch.arange(out.shape[1], device=out.device)
         valid = (steps[None, :] < lengths.to(out.device)[:, None]).unsqueeze(-1)  # [B, T, 1]
         parts = []
@@ -154,7 +155,7 @@ class BiLSTMEncoder(nn.Module):
         ids, lengths = self._prepare(input_ids, lengths)
         if ids.shape[0] == 0:
             return self.embedding.weight.new_zeros((0, self.pooled_dim))
-        return self._pool(self._run(ids, lengths), lengths)
+        return self.pool(self._run(ids, lengths), lengths)
 
     def states(
         self, input_ids: torch.Tensor, lengths: torch.Tensor
@@ -163,7 +164,7 @@ class BiLSTMEncoder(nn.Module):
 
         Returns ``(ids [B, T], lengths [B], outputs [B, T, directions * hidden_size])`` with
         the ids and lengths as ``_prepare`` leaves them (trimmed, empty rows clamped), so that
-        ``projection(_pool(outputs, lengths))`` is exactly ``forward``.
+        ``projection(pool(outputs, lengths))`` is exactly ``forward``.
         """
         ids, lengths = self._prepare(input_ids, lengths)
         if ids.shape[0] == 0:
@@ -226,18 +227,6 @@ def _cpu_bf16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-@functools.cache
-def onednn_bf16_available() -> bool:
-    """Whether oneDNN has bf16 kernels here (the LSTM among them): AVX-512 CPUs and newer,
-    natively (avx512_bf16/AMX) or emulated; on AVX2 it has none and a bf16 LSTM fails."""
-    try:
-        return torch.backends.mkldnn.is_available() and bool(
-            torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    except Exception:
-        return False
-
-
 def _gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[-1]))
 
@@ -256,7 +245,7 @@ def lstm_packed(
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     out, _ = model.lstm(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-    return model._pool(out, lengths)
+    return model.pool(out, lengths)
 
 
 def pca_project(

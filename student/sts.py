@@ -11,15 +11,36 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cache.errors import SraError
+from cache.options import option
 
 REQUIRED = ("sentence1", "sentence2", "score")
+
+
+@dataclass(frozen=True)
+class StsConfig:
+    """Everything `pipeline eval-sts` takes; its fields are the command's options."""
+
+    student: Path = option(MISSING, "Student folder (a pipeline train run).")
+    data: Path = option(MISSING, "TSV with sentence1, sentence2, score columns (STS-B).")
+    teacher_cache: Path | None = option(
+        None, "Cache of the same sentences: also score the teacher, from its vectors."
+    )
+    pooling: str | None = option(
+        None, "Teacher vectors in --teacher-cache (default: the student's teacher pooling)."
+    )
+    json_path: Path | None = option(None, "Also write the results here.", flag="json")
+    batch_size: int = option(256, "Sentences per student batch.")
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise SraError(f"--batch-size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -166,6 +187,11 @@ def evaluate_sts(
     from student.encoder import StudentEncoder
 
     pairs = read_pairs(data)
+    if np.ptp(pairs.scores) == 0:
+        raise SraError(
+            f"every gold score in {data} is {pairs.scores[0]:g}: the correlation is undefined "
+            "(constant scores); pass pairs whose scores vary"
+        )
     encoder = StudentEncoder.from_pretrained(student)
     unique = sorted(set(pairs.first) | set(pairs.second))
     index = {text: i for i, text in enumerate(unique)}

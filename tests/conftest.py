@@ -153,39 +153,99 @@ def tiny_teachers(
     tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_glue: Path
 ) -> dict[str, Path]:
     """The tiny random BERT fine-tuned for a few steps on the tiny SST-2, MRPC and STS-B."""
-    from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
-
     root = tmp_path_factory.mktemp("teachers")
     out = {}
     for task in ("sst2", "mrpc", "stsb"):
         out[task] = root / task
-        teacher_finetune(
-            TeacherFinetuneConfig(
-                task=task,
-                out=out[task],
-                teacher=str(tiny_bert),
-                glue_dir=str(tiny_glue),
-                epochs=6,
-                batch_size=16,
-                lr=2e-3,
-                bf16=False,
-                progress=False,
-            )
-        )
+        tiny_teacher_finetune(task, out[task], tiny_bert, tiny_glue)
     return out
 
 
+def tiny_teacher_finetune(task: str, out: Path, teacher: Path, glue: Path, **kw):  # type: ignore[no-untyped-def]
+    """`teacher-finetune` of the tiny BERT for a few steps; ``kw``: its options, by name."""
+    from cache.options import configure
+    from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+
+    base = dict(epochs=6, batch_size=16, lr=2e-3, bf16=False, progress=False)
+    options = dict(task=task, out=out, teacher=str(teacher), glue_dir=str(glue)) | base | kw
+    return teacher_finetune(configure(TeacherFinetuneConfig, **options))
+
+
 def embed_any(**kw):  # type: ignore[no-untyped-def]
-    """`pipeline embed` as the command line runs it: EmbedConfig's and TaskOptions' fields in
-    one set of keywords; a glue: corpus goes through the task layer."""
+    """`pipeline embed` as the command line runs it: EmbedConfig's, TaskOptions' and
+    TaskDataOptions' fields in one set of keywords; a task corpus goes through the task layer."""
     from dataclasses import fields
 
     from pipeline.embedding import EmbedConfig
     from pipeline.tasks import TaskOptions, embed_corpus
+    from pipeline.tasks.own import TaskDataOptions
 
-    task_keys = {f.name for f in fields(TaskOptions)}
-    options = TaskOptions(**{k: kw.pop(k) for k in list(kw) if k in task_keys})
+    data_keys = {f.name for f in fields(TaskDataOptions)}
+    data = TaskDataOptions(**{k: kw.pop(k) for k in list(kw) if k in data_keys})
+    task_keys = {f.name for f in fields(TaskOptions)} - {"data"}
+    options = TaskOptions(**{k: kw.pop(k) for k in list(kw) if k in task_keys}, data=data)
     return embed_corpus(EmbedConfig(**kw), options)
+
+
+def make_cache(
+    root: Path,
+    teacher: Path,
+    n: int = 400,
+    shard_rows: int = 150,
+    lines: list[str] | None = None,
+    **kw,
+) -> Path:
+    """A real stage-one cache of n sentences from the tiny random BERT (fp32, < 1 s); of
+    ``lines`` instead of the shared random-word corpus when given."""
+    from pipeline.embedding import EmbedConfig, embed
+
+    root.mkdir(parents=True, exist_ok=True)
+    if lines is None:
+        corpus = write_corpus(root / "corpus.txt", n)
+    else:
+        corpus = root / "corpus.txt"
+        corpus.write_text("\n".join(lines) + "\n")
+    out = root / f"cache-{n}-{shard_rows}"
+    kw = {"window": 64, "shard_rows": shard_rows, "progress": False, "dtype": "fp32"} | kw
+    embed(EmbedConfig(corpus=str(corpus), out=out, teacher=str(teacher), **kw))
+    return out
+
+
+def make_task_cache(root: Path, teacher: Path, task: str, glue: Path) -> Path:
+    """A task cache (`pipeline embed --corpus glue:TASK`) of a tiny GLUE folder."""
+    out = root / f"{task}-cache"
+    embed_any(
+        corpus=f"glue:{task}",
+        glue_dir=str(glue),
+        out=out,
+        teacher=str(teacher),
+        window=64,
+        progress=False,
+        dtype="fp32",
+    )
+    return out
+
+
+def distil_tiny_student(root: Path, teacher: Path, n: int = 300, steps: int = 20) -> Path:
+    """A tiny distilled student from a tiny wiki-style cache of the same teacher."""
+    from cache.options import configure
+    from student import TrainConfig, train
+
+    cache = make_cache(root, teacher, n=n)
+    cfg = configure(
+        TrainConfig,
+        cache=cache,
+        out=root / "run",
+        hidden_size=16,
+        embedding_dim=16,
+        batch_size=32,
+        max_steps=steps,
+        eval_every=10,
+        checkpoint_every=0,
+        bf16=False,
+        progress=False,
+    )
+    return train(cfg)
 
 
 def make_task_run(folder: Path, encoder, task: str, pair: bool, kind: str, labels):  # type: ignore[no-untyped-def]
@@ -196,7 +256,7 @@ def make_task_run(folder: Path, encoder, task: str, pair: bool, kind: str, label
     import safetensors.torch
     import torch
 
-    from student.task_model import TaskHead
+    from student.finetuning.head import TaskHead
 
     torch.manual_seed(1)
     outputs = len(labels) if labels else 1

@@ -12,7 +12,7 @@ import torch
 
 def cpu_native_bf16() -> bool:
     """Whether the student's encode and train use bf16 autocast on this CPU."""
-    from student.encoder import cpu_bf16_supported
+    from student.runtime import cpu_bf16_supported
 
     return cpu_bf16_supported()
 

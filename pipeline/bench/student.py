@@ -369,7 +369,7 @@ def _student_dtype(backend: str) -> str:
         return "int8"
     if backend == "onnx":
         return "fp32"
-    from student.encoder import cpu_bf16_supported
+    from student.runtime import cpu_bf16_supported
 
     return "bf16" if cpu_bf16_supported() else "fp32"
 
@@ -644,19 +644,22 @@ def _agreement(vectors: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 
 def task_quality(run: Path, backend: str) -> dict[str, Any]:
-    """The fine-tuned run's dev metric on ``backend`` (its task's main GLUE metric)."""
-    from cache.tasks import get_task
+    """The fine-tuned run's dev metric on ``backend`` (its task's main metric), for GLUE
+    tasks (read from the GLUE folder; an own task's dev split is not re-read here)."""
+    from cache.tasks import get_task, is_glue_name
     from pipeline.tasks.glue import read_split
     from student.deploy.task import load_task_model
-    from student.metrics import task_scores
+    from student.finetuning.metrics import task_scores
 
     model = _load(lambda: load_task_model(run, backend))
+    if not is_glue_name(model.info.name):
+        return {"task": model.info.name, "task_metric": None, "task_score": None}
     task = get_task(model.info.name)
     examples = read_split(task, "dev", GLUE_DIR)
     first = [e.text_a for e in examples]
     second = [e.text_b or "" for e in examples] if task.pair else None
     logits = model.logits(first, second)
-    predictions = logits[:, 0] * model.info.scale if task.is_regression else logits.argmax(-1)
+    predictions = task.from_unit(logits[:, 0]) if task.is_regression else logits.argmax(-1)
     labels = np.asarray([e.label for e in examples])
     score = task_scores(task, predictions, labels)[task.main_metric]
     return {"task": task.name, "task_metric": task.main_metric, "task_score": round(score, 4)}
@@ -821,7 +824,7 @@ def table_rows(result: dict[str, Any], set_name: str) -> list[list[str]]:
         mb = _number(row["mb_on_disk"])
         if row.get("mb_fp32") is not None:
             mb = f"({_number(row['mb_fp32'])} fp32)"
-        task = f"{q['task']} {q['task_score']:.3f}" if "task_score" in q else "-"
+        task = f"{q['task']} {q['task_score']:.3f}" if q.get("task_score") is not None else "-"
         cells = [
             _label(row),
             row["backend"],

@@ -4,7 +4,7 @@
 change the speed) takes training steps as ``pipeline train`` does them on the CPU (bf16
 autocast where the CPU has native bf16, MSE loss, AdamW, gradient clipping), fed two ways:
 
-- *data path*: ``student.data.TrainData`` over the cache, iterated as ``train()`` does
+- *data path*: ``student.training.data.TrainData`` over the cache, iterated as ``train()`` does
   (in-process, or a DataLoader with ``--workers``), epoch after epoch;
 - *preloaded*: the very same batches, built beforehand and held as tensors in memory.
 
@@ -74,13 +74,13 @@ def bench_train(
     memory_steps: int = 300,
 ) -> dict[str, Any]:
     """Run (a) unless ``steps`` is 0 and (b) unless ``memory_steps`` is 0; JSON-ready."""
-    from student.train import TrainConfig
+    from student.training.config import TrainConfig
 
     if min(steps, warmup_steps, memory_steps, workers) < 0 or repeats < 1 or rows_small < 1:
         raise SraError("steps and workers must be >= 0, --repeats and --rows-small >= 1")
     defaults = TrainConfig(cache=Path(cache), out=Path("unused"))
-    batch_size = batch_size or defaults.batch_size
-    token_budget = token_budget or defaults.token_budget
+    batch_size = batch_size or defaults.data.batch_size
+    token_budget = token_budget or defaults.data.token_budget
     result: dict[str, Any] = {
         "benchmark": "pipeline bench train",
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -116,32 +116,28 @@ def data_path_cost(
     token_budget: int,
     workers: int,
 ) -> dict[str, Any]:
-    from student.data import DataConfig, TrainData, check_trainable, compute_split
-    from student.train import cache_tokenizer, student_config
+    from dataclasses import replace
+
+    from student.training.data import TrainData, check_trainable
+    from student.training.setup import cache_tokenizer, student_config
+    from student.training.validation import compute_split
 
     cache = open_cache(cache_path)
-    check_trainable(cache, defaults.pooling)
-    data_cfg = DataConfig(
-        pooling=defaults.pooling,
+    pooling = defaults.data.pooling
+    check_trainable(cache, pooling)
+    data_cfg = replace(
+        defaults.data,
         token_budget=token_budget,
         batch_size=batch_size,
-        shuffle_buffer=defaults.shuffle_buffer,
-        val_fraction=defaults.val_fraction,
-        val_max_rows=defaults.val_max_rows,
+        workers=workers,
         seed=defaults.seed,
     )
     # The student `pipeline train` would build for this cache with default options.
-    student_cfg = student_config(defaults, cache, cache_tokenizer(cache))
-    data = TrainData(
-        cache,
-        data_cfg,
-        compute_split(cache, data_cfg),
-        pad_id=student_cfg.pad_id,
-        workers=workers,
-    )
+    student_cfg = student_config(defaults.student, cache, cache_tokenizer(cache), pooling)
+    data = TrainData(cache, data_cfg, compute_split(cache, data_cfg), pad_id=student_cfg.pad_id)
     trainer = _Trainer(student_cfg, defaults)
     # The preloaded side gets exactly the batches the data path yields, in the same order.
-    preloaded = list(itertools.islice(_stream(data, workers, defaults.seed), warmup + steps))
+    preloaded = list(itertools.islice(_stream(data), warmup + steps))
     if len(preloaded) < warmup + steps:
         raise SraError(f"the cache gives fewer than {warmup + steps} batches")
     planning = _planning_seconds(data)
@@ -150,29 +146,19 @@ def data_path_cost(
         # A B, then B A: linear drift over the run cancels out of the totals.
         order = (DATA_PATH, PRELOADED) if repeat % 2 == 0 else (PRELOADED, DATA_PATH)
         for side in order:
-            if side == DATA_PATH:
-                batches = _stream(data, workers, defaults.seed)
-            else:
-                batches = iter(preloaded)
+            batches = _stream(data) if side == DATA_PATH else iter(preloaded)
             runs.append({"side": side, "repeat": repeat + 1, **trainer.run(batches, warmup, steps)})
     summary = _summarize(runs, preloaded[warmup:], steps)
     return {"bf16": trainer.bf16, **summary, **_with_planning(summary, planning)}
 
 
-def _stream(data: Any, workers: int, seed: int) -> Iterator[Any]:
+def _stream(data: Any) -> Iterator[Any]:
     """Batches as train() iterates them, from epoch 0 on, one epoch after another."""
+    from student.training.data import epoch_batches
+
     for epoch in itertools.count():
         data.set_epoch(epoch)
-        if workers == 0:
-            yield from data
-            continue
-        yield from torch.utils.data.DataLoader(
-            data,
-            batch_size=None,
-            num_workers=workers,
-            generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
-            prefetch_factor=4,
-        )
+        yield from epoch_batches(data, epoch)
 
 
 def _planning_seconds(data: Any) -> dict[str, float]:
@@ -188,23 +174,23 @@ class _Trainer:
 
     def __init__(self, student_cfg: Any, defaults: Any) -> None:
         from student.model import BiLSTMEncoder
+        from student.runtime import resolve_bf16
 
         torch.manual_seed(defaults.seed)
         self.model = BiLSTMEncoder(student_cfg).train()
-        self.grad_clip = defaults.grad_clip
-        from student.train import resolve_bf16
-
-        self.bf16 = resolve_bf16(defaults.bf16, torch.device("cpu"))
+        optim = defaults.optim
+        self.grad_clip = optim.grad_clip
+        self.bf16 = resolve_bf16(defaults.run.bf16, torch.device("cpu"))
         params = list(self.model.parameters())
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": defaults.weight_decay},
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         try:
             # train() uses the fused kernel where it exists; the unfused one is ~7x slower.
-            self.optimizer = torch.optim.AdamW(groups, lr=defaults.lr, fused=True)
+            self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, fused=True)
         except (RuntimeError, TypeError):
-            self.optimizer = torch.optim.AdamW(groups, lr=defaults.lr)
+            self.optimizer = torch.optim.AdamW(groups, lr=optim.lr)
 
     def step(self, batch: Any) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):

@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-from cache.options import default_of, flag_of, is_internal, is_nested
+from cache.options import configure, default_of, flag_of, is_internal, is_nested
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +78,13 @@ def _typer_param(leaf: Leaf) -> inspect.Parameter:
         default = None if default is None else ",".join(map(str, default))
     if _strip_optional(hint) is bool:
         names = [f"--{flag}/--no-{flag}", *(f"--{a}/--no-{a}" for a in f.metadata["aliases"])]
+    if f.metadata.get("argument"):  # positional: `pipeline report RUN`
+        info = typer.Argument(
+            ... if default is MISSING else default, help=f.metadata.get("help", "")
+        )
+        return inspect.Parameter(
+            leaf.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=hint
+        )
     info = typer.Option(
         ... if default is MISSING else default,
         *names,
@@ -108,8 +115,8 @@ def config_command(
 
     def command(**kwargs: Any) -> None:
         extras = {p.name: kwargs.pop(p.name) for p in extra}
-        values = {leaf.path: leaf.to_value(kwargs[leaf.param]) for leaf in opts}
-        run(build_config(cls, values), **extras)
+        values = {leaf.param: leaf.to_value(kwargs[leaf.param]) for leaf in opts}
+        run(configure(cls, **values), **extras)
 
     params = [_typer_param(leaf) for leaf in opts] + list(extra)
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -117,15 +124,3 @@ def config_command(
     command.__doc__ = doc
     command.__name__ = cls.__name__
     return command
-
-
-def build_config(cls: type, values: dict[tuple[str, ...], Any]) -> Any:
-    """A config of ``cls`` from leaf values keyed by attribute path; others keep defaults."""
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if is_nested(f):
-            inner = {p[1:]: v for p, v in values.items() if p[0] == f.name}
-            kwargs[f.name] = build_config(f.default_factory, inner)  # type: ignore[arg-type]
-        elif (f.name,) in values:
-            kwargs[f.name] = values[(f.name,)]
-    return cls(**kwargs)

@@ -40,7 +40,7 @@ OUTPUTS = pyinspect.Parameter(
         None,
         "--outputs",
         help="Comma list of what to cache: poolings (mean, cls, pooler, mean_layerN) and "
-        "`logits` (glue: corpora, a teacher fine-tuned on the task); replaces --pooling.",
+        "`logits` (task corpora, a teacher fine-tuned on the task); replaces --pooling.",
     ),
 )
 

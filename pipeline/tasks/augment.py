@@ -32,7 +32,7 @@ import numpy as np
 from cache.errors import SraError
 from cache.options import option
 from cache.tasks import TaskSpec
-from pipeline.tasks.glue import Example
+from pipeline.tasks.examples import Example
 
 MODES = ("mask", "replace", "ngram")
 SINGLE_ONLY = ("ngram",)
@@ -44,7 +44,7 @@ class AugmentConfig:
 
     copies: int = option(
         0,
-        "glue: corpora: augmented variants per training example (Tang et al. 2019).",
+        "Task corpora: augmented variants per training example (Tang et al. 2019).",
         flag="augment",
     )
     modes: tuple[str, ...] | None = option(

@@ -1,10 +1,11 @@
-"""A GLUE task as a stage-one corpus: its unique sentences, then its examples as side files.
+"""A task as a stage-one corpus: its unique sentences, then its examples as side files.
 
-``pipeline embed --corpus glue:TASK`` embeds every distinct text of the task's splits,
-unsplit and unfiltered, in first-seen order, so the cache id of a text is its position in
-that list. Once every sentence is in the cache, ``task.json`` and one
-``examples-SPLIT.arrow`` per split are written beside the manifest (see cache/task_data.py),
-then, with ``logits``, a fine-tuned teacher's logits per split.
+``pipeline embed --corpus glue:TASK`` (a GLUE preset, ``glue.py``) or ``--corpus task:PATH``
+(a user's own data, ``own.py``) embeds every distinct text of the task's splits, unsplit
+and unfiltered, in first-seen order, so the cache id of a text is its position in that list.
+Once every sentence is in the cache, ``task.json`` and one ``examples-SPLIT.arrow`` per split
+are written beside the manifest (see cache/task_data.py), then, with ``logits``, a
+fine-tuned teacher's logits per split.
 
 Stage one knows none of this: ``embed_task`` reads the task, then calls ``embed()`` with a
 ``TaskExtension`` (the hook ``pipeline.embedding.Extension``) that supplies the texts and
@@ -13,6 +14,7 @@ writes the side files.
     from pipeline import EmbedConfig
     from pipeline.tasks import TaskOptions, embed_task
     embed_task(EmbedConfig(corpus="glue:sst2", out="caches/sst2"), TaskOptions(glue_dir="glue"))
+    embed_task(EmbedConfig(corpus="task:data/tickets", out="caches/tickets"), TaskOptions())
 """
 
 from __future__ import annotations
@@ -36,34 +38,41 @@ from cache.task_data import (
     logits_name,
     task_bytes,
 )
-from cache.tasks import TaskSpec, dev_splits, get_task
+from cache.tasks import TaskSpec
 from pipeline.embedding import EmbedConfig, dist_env, embed
 from pipeline.tasks.augment import AugmentConfig, Neighbours, augment_examples
-from pipeline.tasks.glue import Example, describe_task_source, read_split, task_sentences
+from pipeline.tasks.examples import Example, TaskExamples, task_sentences
+from pipeline.tasks.glue import load_glue
+from pipeline.tasks.own import TaskDataOptions, is_own_task, load_own_task
 
 if TYPE_CHECKING:
     from pipeline.teacher import Teacher
 
-PREFIX = "glue:"
+PREFIX = "glue:"  # GLUE presets; own tasks are "task:..." (own.py)
 GLUE_DIR_ENV = "GLUE_DIR"
 
 
 def is_task_corpus(corpus: str) -> bool:
-    return corpus.strip().lower().startswith(PREFIX)
+    return corpus.strip().lower().startswith(PREFIX) or is_own_task(corpus)
 
 
 @dataclass
 class TaskCorpus:
     task: TaskSpec
-    glue_dir: Path | None
-    examples: dict[str, list[Example]]  # split -> examples, in file order
+    examples: dict[str, list[Example]]  # split -> examples, in source order
     sentences: list[str]  # what stage one embeds; a text's cache id is its index here
-    extra: dict[str, Any] = field(default_factory=dict)  # task.json's logits / augmentation
+    source: dict[str, Any]  # JSON-able identity of the task's data, for the fingerprint
+    extra: dict[str, Any] = field(default_factory=dict)  # task.json's columns/logits/augmentation
+
+    @classmethod
+    def of(cls, loaded: TaskExamples) -> TaskCorpus:
+        extra = {} if loaded.columns is None else {"columns": loaded.columns}
+        return cls(
+            loaded.task, loaded.examples, task_sentences(loaded.examples), loaded.source, extra
+        )
 
     def describe(self) -> dict[str, Any]:
-        return describe_task_source(
-            self.task, self.glue_dir, [s for s in self.examples if s != AUGMENTED]
-        )
+        return self.source
 
     def with_augmented(self, augmented: list[Example], description: dict[str, Any]) -> TaskCorpus:
         """The corpus plus a split of augmented examples; their new texts go after all others,
@@ -89,34 +98,32 @@ class TaskCorpus:
         return files
 
 
-def load_task_corpus(corpus: str, glue_dir: str | Path | None) -> TaskCorpus:
-    """Read every split of `glue:TASK` that exists; train and dev must."""
-    name = corpus.strip()[len(PREFIX) :]
-    try:
-        task = get_task(name)
-    except ValueError as e:
-        raise SraError(str(e)) from None
-    folder = glue_dir or os.environ.get(GLUE_DIR_ENV) or None
-    path = Path(folder) if folder else None
-    required = ["train", *dev_splits(task)]
-    if path is None:
-        splits = list(task.hub_splits)
+def load_task_corpus(
+    corpus: str, glue_dir: str | Path | None = None, data: TaskDataOptions | None = None
+) -> TaskCorpus:
+    """Read and check every split of a task corpus: ``glue:TASK`` (from ``glue_dir``, else
+    $GLUE_DIR, else the hub) or an own task (``task:PATH``, ``task:hf:NAME``, or ``task`` with
+    ``data``'s files), read as ``data`` says. What was inferred is printed."""
+    data = data or TaskDataOptions()
+    if is_own_task(corpus):
+        loaded = load_own_task(corpus, data)
+        for note in loaded.notes:
+            print(note, file=sys.stderr)
     else:
-        present = {s for s in task.splits if (path / task.folder / task.splits[s]).is_file()}
-        # Missing train or dev files get read_split's one-line explanation below.
-        splits = [s for s in task.splits if s in present or s in required]
-    examples = {split: read_split(task, split, path) for split in splits}
-    for split in required:
-        if not examples[split]:
-            raise SraError(f"{task.name} split {split!r} has no examples")
-        if any(e.label is None for e in examples[split]):
-            raise SraError(f"{task.name} split {split!r} has examples without a label")
-    return TaskCorpus(task, path, examples, task_sentences(examples))
+        given = data.given()
+        if given:
+            raise SraError(
+                f"{', '.join(given)} read a task: corpus; {corpus} is a GLUE task with its own "
+                "columns and labels"
+            )
+        folder = glue_dir or os.environ.get(GLUE_DIR_ENV) or None
+        loaded = load_glue(corpus.strip()[len(PREFIX) :], folder)
+    return TaskCorpus.of(loaded)
 
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """The options of `pipeline embed` that only task corpora (glue:TASK) take."""
+    """The options of `pipeline embed` that only task corpora (glue:TASK, task:PATH) take."""
 
     glue_dir: str | None = option(
         None,
@@ -125,14 +132,15 @@ class TaskOptions:
     )
     logits: bool = option(
         False,
-        "glue: corpora: also cache the logits of a teacher fine-tuned on the task (the same as "
+        "Task corpora: also cache the logits of a teacher fine-tuned on the task (the same as "
         "`logits` in --outputs).",
     )
+    data: TaskDataOptions = nested(TaskDataOptions)
     augment: AugmentConfig = nested(AugmentConfig)
 
     @property
     def any(self) -> bool:
-        return self.logits or self.augment.copies > 0
+        return self.logits or self.augment.copies > 0 or bool(self.data.given())
 
 
 def embed_corpus(cfg: EmbedConfig, options: TaskOptions | None = None) -> Manifest:
@@ -142,7 +150,8 @@ def embed_corpus(cfg: EmbedConfig, options: TaskOptions | None = None) -> Manife
         return embed_task(cfg, options)
     if options.any:
         raise SraError(
-            "logits and --augment are per task example: use them with --corpus glue:TASK"
+            "logits, --augment and the task data options are per task example: use them with "
+            "--corpus glue:TASK or task:PATH"
         )
     return embed(cfg)
 
@@ -150,11 +159,9 @@ def embed_corpus(cfg: EmbedConfig, options: TaskOptions | None = None) -> Manife
 def embed_task(cfg: EmbedConfig, options: TaskOptions) -> Manifest:
     """Stage one over a task's sentences, then its examples (and logits) beside them."""
     if cfg.limit is not None or dist_env()[1] > 1:
-        raise SraError(
-            "a glue: corpus is embedded whole, in one process: drop --limit and torchrun"
-        )
+        raise SraError("a task corpus is embedded whole, in one process: drop --limit and torchrun")
     # Read and check every split now, before the teacher loads or --out is touched.
-    corpus = load_task_corpus(cfg.corpus, options.glue_dir)
+    corpus = load_task_corpus(cfg.corpus, options.glue_dir, options.data)
     options.augment.check(corpus.task)
     return embed(cfg, TaskExtension(corpus, options))
 

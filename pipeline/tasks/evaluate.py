@@ -33,14 +33,16 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cache import CacheError, open_cache
 from cache.errors import SraError
+from cache.options import option
 from cache.task_data import TASK_NAME, read_task
 from cache.tasks import TaskSpec, get_task
+from student.runs.options import RunOptions
 
 ROWS: dict[str, str] = {
     "sra": "SRA student, fine-tuned",
@@ -55,42 +57,66 @@ ROWS: dict[str, str] = {
 TASK_SPECIFIC = ("tang", "sra-tsd", "teacher-ft")
 DISTILLED_TRAINED = ("sra", "sra-coop", "sra-tsd")  # rows that fine-tune the distilled student
 AUGMENT_TARGET = 12_000  # augmented examples per task by default (at least 1 per example)
-DEFAULT_ROWS = ["sra", "scratch", "sra-frozen", "teacher-frozen"]
+DEFAULT_ROWS = ("sra", "scratch", "sra-frozen", "teacher-frozen")
+DEFAULT_TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
 PERCENT = ("accuracy", "f1")  # shown x100, as GLUE tables do; correlations stay in [-1, 1]
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluateConfig:
-    student: str
-    tasks: list[str]
-    seeds: int = 3
-    rows: list[str] = field(default_factory=lambda: list(DEFAULT_ROWS))
-    glue_dir: str | None = None
-    caches: Path = Path("caches")
-    out: Path = Path("runs/evaluate")
-    epochs: int | None = None
+    """Everything `pipeline evaluate` takes; its fields are the command's options."""
+
+    student: str = option(MISSING, "The distilled student folder (pipeline train --out).")
+    tasks: tuple[str, ...] = option(DEFAULT_TASKS, "Comma list of GLUE tasks.")
+    seeds: int = option(3, "Seeds per task and row (mean ± std).")
+    rows: tuple[str, ...] = option(
+        DEFAULT_ROWS,
+        "Comparison rows: sra, scratch, sra-frozen, teacher-frozen, sra-coop, and the "
+        "task-specific tang, sra-tsd, teacher-ft.",
+    )
+    glue_dir: str | None = option(
+        None, "GLUE folder for task caches not built yet (default: $GLUE_DIR, else the hub)."
+    )
+    caches: Path = option(Path("caches"), "Where task caches are found or built.")
+    out: Path = option(Path("runs/evaluate"), "Runs, results.md and results.json.")
+    epochs: int | None = option(None, "Override finetune's epochs.")
     # The encoder's rate in the rows that fine-tune the distilled student (sra, sra-coop,
     # sra-tsd); a random init has nothing to keep, so scratch and tang stay at finetune's lr.
-    encoder_lr: float | None = None
-    teachers: Path = Path("teachers")  # fine-tuned teachers, found or made per task
-    augment: int | None = None  # variants per training example; None: ~12k per task (1..20)
-    progress: bool = True
+    encoder_lr: float | None = option(
+        None, "finetune's --encoder-lr in the rows that fine-tune the distilled student."
+    )
+    teachers: Path = option(
+        Path("teachers"), "Fine-tuned teachers (rows tang, sra-tsd, teacher-ft): found or made."
+    )
+    augment: int | None = option(
+        None, "Augmented variants per training example (default: ~12k per task, 1..20)."
+    )
+    progress: bool = option(True, "Show progress.")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "rows", tuple(self.rows))
+        for name in ("caches", "out", "teachers"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        for task in self.tasks:
+            try:
+                get_task(task)
+            except ValueError as e:
+                raise SraError(str(e)) from None
+        unknown = [r for r in self.rows if r not in ROWS]
+        if unknown or not self.rows:
+            raise SraError(f"--rows takes {', '.join(ROWS)} (got {', '.join(unknown) or 'none'})")
+        if self.seeds < 1:
+            raise SraError(f"--seeds must be >= 1, got {self.seeds}")
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run what is missing, then return {task: {row: {metric: [per seed]}}} and the table."""
     from student.encoder import StudentEncoder
-    from student.finetune import FinetuneConfig, finetune
+    from student.finetuning.config import FinetuneConfig
+    from student.finetuning.loop import finetune
 
-    try:
-        tasks = [get_task(t) for t in cfg.tasks]
-    except ValueError as e:
-        raise SraError(str(e)) from None
-    unknown = [r for r in cfg.rows if r not in ROWS]
-    if unknown or cfg.seeds < 1:
-        raise SraError(
-            f"--rows takes {', '.join(ROWS)} (got {', '.join(unknown) or 'none'}); --seeds >= 1"
-        )
+    tasks = [get_task(t) for t in cfg.tasks]
     teacher = StudentEncoder.from_pretrained(cfg.student).config.teacher
     results: dict[str, Any] = {}
     for task in tasks:
@@ -121,8 +147,7 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                     sra_weight=1.0 if row == "sra-coop" else 0.0,
                     encoder_lr=cfg.encoder_lr if row in DISTILLED_TRAINED else None,
                     seed=seed,
-                    progress=cfg.progress,
-                    resume=True,
+                    run=RunOptions(progress=cfg.progress),
                 )
                 if cfg.epochs is not None:
                     run_cfg = replace(run_cfg, epochs=cfg.epochs)
@@ -139,7 +164,9 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     return summary | {"table": table}
 
 
-def markdown_table(results: dict[str, Any], tasks: list[TaskSpec], rows: list[str]) -> str:
+def markdown_table(
+    results: dict[str, Any], tasks: list[TaskSpec], rows: tuple[str, ...] | list[str]
+) -> str:
     """Rows x tasks, mean ± std over seeds of each task's metrics, plus the average."""
     header = ["model"] + [f"{t.name} {'/'.join(t.metrics)}" for t in tasks] + ["avg"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -215,8 +242,7 @@ def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateCon
                 out=folder,
                 teacher=teacher or None,
                 glue_dir=cfg.glue_dir,
-                resume=True,
-                progress=cfg.progress,
+                run=RunOptions(progress=cfg.progress),
             )
         )
     copies = augment_copies(
@@ -255,7 +281,7 @@ def _teacher_scores(task: TaskSpec, cache: Path) -> dict[str, float]:
     """The fine-tuned teacher's dev metrics, from the logits stage one cached: no teacher run."""
     from cache.task_data import read_examples, read_logits
     from cache.tasks import dev_splits
-    from student.metrics import task_scores
+    from student.finetuning.metrics import task_scores
 
     opened = open_cache(cache)
     split = dev_splits(task)[0]

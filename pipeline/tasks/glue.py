@@ -1,5 +1,8 @@
 """GLUE task data for stage one: read a split from the original TSV files or from the hub.
 
+GLUE is one task source among others: ``load_glue`` reads every split of a preset
+(``cache.tasks.TASKS``) into the same ``TaskExamples`` an own task's files give (``own.py``).
+
 The original GLUE files are TSV with no quoting at all (a `"` is a literal character, and
 many MRPC, RTE and STS-B sentences open a quote they never close), so lines are split on
 tabs by hand; `csv` would swallow rows across line breaks. Each task has its own layout:
@@ -22,22 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from cache.errors import SraError
-from cache.tasks import HUB_DATASET, STSB_MAX, STSB_MIN, TaskSpec, unlabeled_splits
+from cache.tasks import (
+    HUB_DATASET,
+    STSB_MAX,
+    STSB_MIN,
+    TaskSpec,
+    dev_splits,
+    get_task,
+    unlabeled_splits,
+)
+from pipeline.tasks.examples import Example, TaskExamples, task_sentences
+
+__all__ = ["Example", "describe_task_source", "load_glue", "read_split", "task_sentences"]
 
 _GLUE_DIR_HINT = "--glue-dir must point at the folder holding SST-2/, MRPC/, CoLA/, ..."
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _OFFLINE_VALUES = {"1", "ON", "YES", "TRUE"}
 _HASH_CHUNK = 1 << 20
-
-
-@dataclass(slots=True)
-class Example:
-    """One GLUE example; `label` indexes `TaskSpec.labels` (a float score for STS-B)."""
-
-    idx: int  # the file's index column, else the 0-based row number (as the hub numbers them)
-    text_a: str
-    text_b: str | None  # None for single-sentence tasks
-    label: float | int | None  # None for unlabelled (test) splits
 
 
 # ---------------------------------------------------------------------------- file layouts
@@ -126,19 +130,28 @@ def read_split(task: TaskSpec, split: str, glue_dir: Path | None) -> list[Exampl
     return _read_tsv(task, split, _split_path(task, split, Path(glue_dir)))
 
 
-def task_sentences(examples_by_split: dict[str, list[Example]]) -> list[str]:
-    """Every distinct text (text_a, then text_b) in first-seen order over the splits as given.
-
-    Stage one embeds exactly this list, so it is neither split into sentences nor filtered:
-    a task example must find its own text in the cache.
-    """
-    seen: dict[str, None] = {}
-    for examples in examples_by_split.values():
-        for example in examples:
-            seen.setdefault(example.text_a)
-            if example.text_b is not None:
-                seen.setdefault(example.text_b)
-    return list(seen)
+def load_glue(name: str, glue_dir: str | Path | None) -> TaskExamples:
+    """Every split of GLUE task ``name`` that exists (train and dev must), read and checked:
+    from ``glue_dir`` (original TSVs), else the hub."""
+    try:
+        task = get_task(name)
+    except ValueError as e:
+        raise SraError(str(e)) from None
+    path = Path(glue_dir) if glue_dir else None
+    required = ["train", *dev_splits(task)]
+    if path is None:
+        splits = list(task.hub_splits)
+    else:
+        present = {s for s in task.splits if (path / task.folder / task.splits[s]).is_file()}
+        # Missing train or dev files get read_split's one-line explanation below.
+        splits = [s for s in task.splits if s in present or s in required]
+    examples = {split: read_split(task, split, path) for split in splits}
+    for split in required:
+        if not examples[split]:
+            raise SraError(f"{task.name} split {split!r} has no examples")
+        if any(e.label is None for e in examples[split]):
+            raise SraError(f"{task.name} split {split!r} has examples without a label")
+    return TaskExamples(task, examples, describe_task_source(task, path, list(examples)))
 
 
 def describe_task_source(

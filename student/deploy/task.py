@@ -24,7 +24,6 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from cache.errors import SraError
-from cache.tasks import STSB_MAX
 from student.config import StudentConfig
 from student.deploy.folder import MODEL_FILE, is_export, read_export
 from student.deploy.onnx_graph import HeadWeights
@@ -42,8 +41,10 @@ class TaskInfo:
     hidden: int
     pair: bool
     outputs: int
-    labels: list[str] | None  # None: regression, predictions are outputs * scale
-    scale: float = 1.0
+    labels: list[str] | None  # class names in output order; None for regression
+    problem: str = "classification"  # classification | multilabel | regression
+    # Regression: the task's score range; the head predicts in [0, 1] (TaskSpec.to_unit).
+    score_range: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -55,9 +56,15 @@ class TaskInfo:
         except TypeError as e:
             raise SraError(f"the task description is not one this code reads ({e})") from None
 
-    def read(self, logits: np.ndarray) -> np.ndarray | list[str]:
-        if self.labels is None:
-            return logits[:, 0] * self.scale
+    def read(self, logits: np.ndarray) -> Any:
+        """Predictions from logits: scores on the task's scale (regression), one label per
+        example (classification), or the list of labels whose logit is positive (multilabel)."""
+        if self.problem == "regression":
+            low, high = self.score_range or (0.0, 1.0)
+            return logits[:, 0] * (high - low) + low
+        assert self.labels is not None
+        if self.problem == "multilabel":
+            return [[self.labels[i] for i in np.flatnonzero(row > 0)] for row in logits]
         return [self.labels[i] for i in logits.argmax(-1)]
 
 
@@ -176,7 +183,7 @@ class TaskRun:
     info: TaskInfo
 
     def head_module(self) -> Any:
-        from student.task_model import TaskHead
+        from student.finetuning.head import TaskHead
 
         i = self.info
         head = TaskHead(self.encoder.config.output_dim, i.pair, i.outputs, i.kind, i.hidden, 0.0)
@@ -220,16 +227,17 @@ def read_task_run(folder: Path) -> TaskRun:
             f"{folder} has no {ENCODER_DIR}/ folder: a head over the teacher's vectors "
             "(--student teacher) has no student to deploy"
         )
-    name = str(run.get("task", ""))
+    task = task_spec(run, folder)
     labels = head.get("labels")
     info = TaskInfo(
-        name=name,
+        name=task.name,
         kind=str(head.get("kind")),
         hidden=int(head.get("hidden", 0)),
         pair=bool(head.get("pair")),
         outputs=int(head.get("outputs", 0)),
         labels=list(labels) if labels is not None else None,
-        scale=STSB_MAX if labels is None and name == "stsb" else 1.0,
+        problem=task.problem,
+        score_range=list(task.score_range) if task.score_range is not None else None,
     )
     encoder = StudentEncoder.from_pretrained(folder / ENCODER_DIR)
     try:
@@ -237,6 +245,27 @@ def read_task_run(folder: Path) -> TaskRun:
     except Exception as e:
         raise SraError(f"{folder / HEAD_FILE} is not a readable safetensors file ({e})") from None
     return TaskRun(folder, encoder, state, info)
+
+
+def task_spec(run: dict[str, Any], folder: Path) -> Any:
+    """The run's task definition: a GLUE preset by name, else the one its task cache holds
+    (an own task's definition lives there, ``cache/task_data.py``)."""
+    from cache import open_cache
+    from cache.task_data import read_task
+    from cache.tasks import get_task, is_glue_name
+
+    name = str(run.get("task", ""))
+    if is_glue_name(name):
+        return get_task(name)
+    cache = (run.get("options") or {}).get("cache")
+    try:
+        return read_task(open_cache(cache, checksums=False)).task
+    except Exception as e:
+        raise SraError(
+            f"{folder / RUN_FILE}: task {name!r} is not a GLUE task and its task cache "
+            f"{cache!r} cannot be read for its definition ({' '.join(str(e).split())[:160]}); "
+            "restore the cache the run was fine-tuned from"
+        ) from None
 
 
 def load_task_model(

@@ -21,8 +21,7 @@ from pipeline.bench.student import bench_student, load_sentences
 from pipeline.bench.train import make_subset_cache
 from pipeline.cli import app
 from student import StudentConfig, StudentEncoder
-from tests.conftest import make_task_run, write_corpus, write_glue
-from tests.student.test_data import make_cache
+from tests.conftest import make_cache, make_task_run, write_corpus, write_glue
 
 TINY_BERT_BASE = ["--bert-base-size", "32,2,2,64"]
 

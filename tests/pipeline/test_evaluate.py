@@ -16,8 +16,7 @@ from cache.errors import SraError
 from pipeline.cli import app
 from pipeline.tasks.evaluate import DEFAULT_ROWS as ROWS
 from pipeline.tasks.evaluate import EvaluateConfig, evaluate
-from tests.conftest import write_glue
-from tests.student.test_finetune import distil_tiny_student
+from tests.conftest import distil_tiny_student, write_glue
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +109,13 @@ def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run
     want = json.loads((teacher / "metrics.json").read_text())
     assert results["teacher-ft"]["f1"] == [pytest.approx(want["f1"], abs=1e-6)]
     run = json.loads((tmp_path / "eval" / "mrpc" / "tang" / "seed0" / "finetune.json").read_text())
-    assert run["options"]["distill_weight"] == 1.0 and run["student"] == "scratch"
-    assert "encoder_lr" not in run["options"]  # a random init has nothing to keep
+    options = run["config"]["options"]  # the options that make the run's identity
+    assert options["distill_weight"] == 1.0 and run["student"] == "scratch"
+    assert "encoder_lr" not in options  # a random init has nothing to keep
     run = json.loads(
         (tmp_path / "eval" / "mrpc" / "sra-tsd" / "seed0" / "finetune.json").read_text()
     )
-    assert run["options"]["encoder_lr"] == 3e-4
+    assert run["config"]["options"]["encoder_lr"] == 3e-4
     assert len(summary["table"].splitlines()) == 2 + len(rows)
     # Another teacher folder of the same name (intermediate-task training, say) must not reuse
     # this teacher's cache: the names match, the weights and so the logits do not.

@@ -16,7 +16,7 @@ from pipeline.cli import app
 from pipeline.export import export_sentence_transformers
 from student import SraError, StudentConfig, StudentEncoder
 from student.deploy.task import load_task_model
-from tests.conftest import embed_any, write_glue
+from tests.conftest import make_task_cache, write_glue
 
 SHORT = [
     "the cat sat on the mat .",
@@ -150,25 +150,19 @@ def test_cli_refuses_a_folder_that_is_no_model(tmp_path):
 
 
 def test_a_real_finetuned_run_exports_and_predicts_like_torch(tiny_bert, tmp_path):
-    """pipeline finetune's own output folder (SST-2 and MRPC, a few steps), exported."""
-    from student.finetune import FinetuneConfig, finetune
+    """pipeline finetune's own output folder (SST-2, MRPC, STS-B; one epoch), exported."""
+    from cache.options import configure
+    from student.finetuning.config import FinetuneConfig
+    from student.finetuning.loop import finetune
 
     glue = write_glue(tmp_path / "glue", n_train=96, n_dev=40)
     student = make_student(tiny_bert, tmp_path / "student")
-    for task in ("sst2", "mrpc"):
-        cache = tmp_path / f"{task}-cache"
-        embed_any(
-            corpus=f"glue:{task}",
-            glue_dir=str(glue),
-            out=cache,
-            teacher=str(tiny_bert),
-            window=64,
-            progress=False,
-            dtype="fp32",
-        )
+    for task in ("sst2", "mrpc", "stsb"):
+        cache = make_task_cache(tmp_path, tiny_bert, task, glue)
         run = tmp_path / f"{task}-run"
         finetune(
-            FinetuneConfig(
+            configure(
+                FinetuneConfig,
                 student=str(student),
                 task=task,
                 cache=cache,
@@ -180,23 +174,35 @@ def test_a_real_finetuned_run_exports_and_predicts_like_torch(tiny_bert, tmp_pat
         )
         result = invoke("--model", str(run), "--out", str(tmp_path / f"{task}-onnx"))
         assert result.exit_code == 0, result.output
-        tsv = (glue / _folder(task) / "dev.tsv").read_text().splitlines()[1:]
-        dev = [line.split("\t") for line in tsv]
-        first = [row[0] if task == "sst2" else row[3] for row in dev]
-        second = None if task == "sst2" else [row[4] for row in dev]
+        tsv = (glue / _folder(task) / "dev.tsv").read_text().splitlines()
+        header, rows = tsv[0].split("\t"), [line.split("\t") for line in tsv[1:]]
+        first, second = _sides(task, header, rows)
         torch_model = load_task_model(run)
         exported = load_task_model(tmp_path / f"{task}-onnx")
-        assert exported.predict(first, second) == torch_model.predict(first, second)
         np.testing.assert_allclose(
             exported.logits(first, second), torch_model.logits(first, second), atol=1e-5
         )
+        predicted = torch_model.predict(first, second)
         # The run's own dev predictions (predictions-dev.tsv) are what torch predicts here.
         written = [
             line.split("\t")[1]
             for line in (run / "predictions-dev.tsv").read_text().splitlines()[1:]
         ]
-        assert written == torch_model.predict(first, second)
+        if task == "stsb":
+            np.testing.assert_allclose(np.asarray(written, float), predicted, atol=1e-3)
+            np.testing.assert_allclose(exported.predict(first, second), predicted, atol=1e-4)
+        else:
+            assert written == predicted == exported.predict(first, second)
+
+
+def _sides(task: str, header: list[str], rows: list[list[str]]):  # type: ignore[no-untyped-def]
+    if task == "sst2":
+        return [r[0] for r in rows], None
+    if task == "mrpc":
+        return [r[3] for r in rows], [r[4] for r in rows]
+    a, b = header.index("sentence1"), header.index("sentence2")
+    return [r[a] for r in rows], [r[b] for r in rows]
 
 
 def _folder(task: str) -> str:
-    return {"sst2": "SST-2", "mrpc": "MRPC"}[task]
+    return {"sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B"}[task]

@@ -12,8 +12,7 @@ import torch
 from cache import open_cache
 from cache.errors import CacheError, SraError
 from cache.task_data import read_examples, read_logits, read_task
-from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
-from tests.conftest import embed_any
+from tests.conftest import embed_any, tiny_teacher_finetune
 
 
 def embed_cfg(out: Path, glue: Path, teacher: Path, task: str, **kw) -> dict:  # type: ignore[no-untyped-def]
@@ -46,38 +45,49 @@ def test_teacher_learns_a_separable_task(tiny_teachers):
 
 
 def test_rerun_is_a_no_op_and_a_different_run_is_refused(tiny_teachers, tiny_bert, tiny_glue):
-    base = dict(task="sst2", out=tiny_teachers["sst2"], teacher=str(tiny_bert), epochs=6)
-    base |= dict(glue_dir=str(tiny_glue), batch_size=16, lr=2e-3, bf16=False, progress=False)
-    before = (tiny_teachers["sst2"] / "model.safetensors").stat().st_mtime_ns
-    teacher_finetune(TeacherFinetuneConfig(**base))
-    assert (tiny_teachers["sst2"] / "model.safetensors").stat().st_mtime_ns == before
-    with pytest.raises(SraError, match="different teacher-finetune run"):
-        teacher_finetune(TeacherFinetuneConfig(**(base | {"lr": 3e-3})))
+    folder = tiny_teachers["sst2"]
+    before = (folder / "model.safetensors").stat().st_mtime_ns
+    tiny_teacher_finetune("sst2", folder, tiny_bert, tiny_glue)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(SraError, match=r"different teacher-finetune run \(differs in: lr\)"):
+        tiny_teacher_finetune("sst2", folder, tiny_bert, tiny_glue, lr=3e-3)
+
+
+def test_a_teacher_folder_from_before_the_shared_format_is_recognised(
+    tmp_path, tiny_teachers, tiny_bert, tiny_glue
+):
+    import shutil
+
+    folder = tmp_path / "sst2"
+    shutil.copytree(tiny_teachers["sst2"], folder)
+    record = json.loads((folder / "teacher_finetune.json").read_text())
+    (folder / "teacher_finetune.json").write_text(json.dumps(record["config"]))  # as it was
+    before = (folder / "model.safetensors").stat().st_mtime_ns
+    tiny_teacher_finetune("sst2", folder, tiny_bert, tiny_glue)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_killed_run_resumes_mid_epoch(tmp_path, tiny_bert, tiny_glue, monkeypatch):
     import pipeline.tasks.teacher_finetune as tf
 
-    kw = dict(task="sst2", out=tmp_path / "t", teacher=str(tiny_bert), glue_dir=str(tiny_glue))
-    kw |= dict(epochs=1, batch_size=16, lr=1e-3, bf16=False, progress=False, save_every=4)
-    calls = {"n": 0}
+    kw = dict(epochs=1, lr=1e-3, save_every=4)
     real = tf._save_checkpoint
 
     def die_after_first(*a, **k):  # type: ignore[no-untyped-def]
         real(*a, **k)
-        calls["n"] += 1
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tf, "_save_checkpoint", die_after_first)
     with pytest.raises(KeyboardInterrupt):
-        teacher_finetune(TeacherFinetuneConfig(**kw))
+        tiny_teacher_finetune("sst2", tmp_path / "t", tiny_bert, tiny_glue, **kw)
     monkeypatch.undo()
-    state = json.loads((tmp_path / "t" / "checkpoint" / "state.json").read_text())
-    assert state["batch"] == 4 and state["epoch"] == 0
-    with pytest.raises(SraError, match="--resume"):
-        teacher_finetune(TeacherFinetuneConfig(**kw))
-    metrics = teacher_finetune(TeacherFinetuneConfig(**kw, resume=True))
+    latest = json.loads((tmp_path / "t" / "checkpoint" / "latest.json").read_text())["dir"]
+    state = json.loads((tmp_path / "t" / "checkpoint" / latest / "state.json").read_text())
+    assert state["batch"] == 4 and state["epoch"] == 0 and state["step"] == 4
+    # The same command again continues from the checkpoint (no --resume needed).
+    metrics = tiny_teacher_finetune("sst2", tmp_path / "t", tiny_bert, tiny_glue, **kw)
     assert metrics["epochs_run"] == 1 and (tmp_path / "t" / "model.safetensors").is_file()
+    assert not (tmp_path / "t" / "checkpoint").exists()
 
 
 def test_cached_logits_match_the_teacher_on_joint_pairs(tmp_path, tiny_teachers, tiny_glue):
@@ -215,13 +225,12 @@ def test_a_teacher_finetuned_on_another_task_keeps_its_encoder_but_not_its_head(
     from transformers import AutoModelForSequenceClassification
 
     from cache.tasks import get_task
-    from pipeline.tasks.teacher_finetune import _load_model
+    from pipeline.tasks.teacher_model import load_model
 
     source = AutoModelForSequenceClassification.from_pretrained(tiny_teachers["sst2"])
 
     def load(task: str):  # type: ignore[no-untyped-def]
-        cfg = TeacherFinetuneConfig(task=task, out=tmp_path, teacher=str(tiny_teachers["sst2"]))
-        return _load_model(cfg, get_task(task))[0]
+        return load_model(str(tiny_teachers["sst2"]), get_task(task))[0]
 
     other, same = load("mrpc"), load("sst2")
     for name, p in source.named_parameters():

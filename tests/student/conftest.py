@@ -120,3 +120,87 @@ SENTENCES = [
     "The cat sat on the mat.",
     "an",
 ]
+
+
+# -- helpers for the training and fine-tuning tests (import them from here) ----------------
+
+
+def tiny_train(cache, out, **kw):  # type: ignore[no-untyped-def]
+    """A TrainConfig for a few dozen fast steps of a very small student, fp32 (exact, and
+    bf16-free CPUs too); ``kw``: more options, by their command-line names."""
+    from cache.options import configure
+    from student import TrainConfig
+
+    base = dict(
+        hidden_size=16,
+        embedding_dim=16,
+        batch_size=32,
+        token_budget=800,
+        val_fraction=0.05,
+        lr=1e-2,
+        eval_every=10,
+        checkpoint_every=0,
+        log_every=1,
+        bf16=False,
+        progress=False,
+    )
+    return configure(TrainConfig, cache=cache, out=out, **(base | kw))
+
+
+def tiny_finetune(student, task, cache, out, **kw):  # type: ignore[no-untyped-def]
+    """A FinetuneConfig for a few quick epochs; ``kw``: more options, by their names."""
+    from cache.options import configure
+    from student.finetuning.config import FinetuneConfig
+
+    base = dict(epochs=6, batch_size=16, lr=3e-3, bf16=False, progress=False, patience=0)
+    options = dict(student=student, task=task, cache=cache, out=out)
+    return configure(FinetuneConfig, **(options | base | kw))
+
+
+def metrics(run):  # type: ignore[no-untyped-def]
+    """(training lines, validation lines) of a run's metrics.jsonl."""
+    import json
+
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if "loss" in x], [x for x in lines if "val_cos" in x]
+
+
+def weights(run):  # type: ignore[no-untyped-def]
+    import safetensors.torch
+
+    return safetensors.torch.load_file(str(run / "model.safetensors"))
+
+
+def assert_same_weights(a_run, b_run) -> None:  # type: ignore[no-untyped-def]
+    a, b = weights(a_run), weights(b_run)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def interrupt_after_checkpoint(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make ``train`` raise KeyboardInterrupt right after it saves the checkpoint of ``step``
+    (``monkeypatch.undo()`` lets the next run go through)."""
+    import student.training.loop as loop
+
+    real = loop.save_state
+
+    def save_then_stop(checkpoints, weights, optimizer, state, *rest):  # type: ignore[no-untyped-def]
+        real(checkpoints, weights, optimizer, state, *rest)
+        if state.step == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_state", save_then_stop)
+
+
+def make_small_student(task_cache, folder):  # type: ignore[no-untyped-def]
+    """An untrained small student over a task cache's vocabulary (fast to fine-tune)."""
+    from cache import open_cache
+
+    cache = open_cache(task_cache)
+    tokenizer = str(cache.tokenizer_path)
+    vocab = Tokenizer.from_file(tokenizer).get_vocab_size(with_added_tokens=True)
+    config = StudentConfig(vocab, embedding_dim=32, hidden_size=32, output_dim=cache.dim)
+    torch.manual_seed(0)
+    StudentEncoder(config, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -310,3 +310,11 @@ def test_loads_and_encodes_where_transformers_cannot_be_imported(saved, tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "OK (3, 10)"
+
+
+def test_a_lone_surrogate_is_one_error_naming_the_sentence(tiny_encoder):
+    with pytest.raises(SraError, match=r"sentence 2 is not valid Unicode text .*'\\ud800'"):
+        tiny_encoder.encode(["fine", "also fine", "bad \ud800 text"])
+    with pytest.raises(SraError, match="sentence 0 "):
+        tiny_encoder.encode("\udcff")
+    assert tiny_encoder.encode(["fine"]).shape == (1, tiny_encoder.config.output_dim)

@@ -12,12 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app as cli_app
-from student import SraError
+from student import SraError, train
 from student.sts import average_ranks, evaluate_sts, pearson, read_pairs, spearman
-from student.train import train
-from tests.conftest import SHARED_DATA
-from tests.student.test_data import make_cache
-from tests.student.test_train import tiny
+from tests.conftest import SHARED_DATA, make_cache
+from tests.student.conftest import tiny_train as tiny
 
 STSB_DEV = SHARED_DATA / "glue" / "STS-B" / "dev.tsv"
 HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
@@ -149,3 +147,14 @@ def test_eval_sts_bad_student_is_one_line(tmp_path: Path):
     )
     assert out.exit_code == 1
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: student folder")
+
+
+def test_constant_gold_scores_have_no_correlation_and_fail(tmp_path: Path):
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("sentence1\tsentence2\tscore\na\tb\t3\nc\td\t3\ne\tf\t3.0\n")
+    out = CliRunner().invoke(
+        cli_app, ["eval-sts", "--student", str(tmp_path / "nope"), "--data", str(tsv)]
+    )
+    assert out.exit_code == 1 and out.stderr.count("\n") == 1
+    assert "correlation is undefined (constant scores)" in out.stderr
+    assert "nan" not in out.output.lower()
