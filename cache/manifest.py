@@ -44,10 +44,7 @@ class ShardInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], manifest_path: Path) -> ShardInfo:
-        try:
-            info = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except TypeError as e:
-            raise CacheError(f"{manifest_path}: malformed shard entry {d!r} ({e})") from None
+        info = cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         _check_inside(info.file, manifest_path)
         return info
 
@@ -65,6 +62,9 @@ class Manifest:
     totals: dict[str, Any] = field(default_factory=dict)
     # Side files written beside the manifest (tokenizer, embedding matrix) and their sha256.
     files: dict[str, str] = field(default_factory=dict)
+    # How far the input stream was read: {"limit": N or None, "sentences": N, "exhausted": bool}.
+    # Not part of the identity, so a larger --limit grows the cache instead of refusing it.
+    stream: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     updated_at: str = ""
     format: str = FORMAT
@@ -128,26 +128,91 @@ def read_manifest(path: Path) -> Manifest:
             f"{path} has cache format version {d.get('format_version')!r}, this reader "
             f"understands {FORMAT_VERSION}; re-create the cache with this version"
         )
-    try:
-        shards = [ShardInfo.from_dict(s, path) for s in d.get("shards", [])]
-        for name in d.get("files", {}):
-            _check_inside(name, path)
-        return Manifest(
-            fingerprint=str(d["fingerprint"]),
-            config=dict(d["config"]),
-            schema=dict(d.get("schema", {})),
-            status=str(d["status"]),
-            world_size=int(d.get("world_size", 1)),
-            shards=shards,
-            totals=dict(d.get("totals", {})),
-            files={str(k): str(v) for k, v in d.get("files", {}).items()},
-            created_at=str(d.get("created_at", "")),
-            updated_at=str(d.get("updated_at", "")),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CacheError(
-            f"{path} is missing or has a malformed field ({e}); the cache is damaged"
-        ) from None
+    _check_shape(d, path)
+    shards = [ShardInfo.from_dict(s, path) for s in d.get("shards", [])]
+    for name in d.get("files", {}):
+        _check_inside(name, path)
+    return Manifest(
+        fingerprint=d["fingerprint"],
+        config=d["config"],
+        schema=d.get("schema", {}),
+        status=d["status"],
+        world_size=d.get("world_size", 1),
+        shards=shards,
+        totals=d.get("totals", {}),
+        files=d.get("files", {}),
+        stream=d.get("stream", {}),
+        created_at=str(d.get("created_at", "")),
+        updated_at=str(d.get("updated_at", "")),
+    )
+
+
+# field -> (type, what it must be, required); a manifest is user input, so a wrong shape is
+# named in words, never as a Python exception.
+_FIELDS: dict[str, tuple[type | tuple[type, ...], str, bool]] = {
+    "fingerprint": (str, "a string", True),
+    "status": (str, "a string", True),
+    "config": (dict, "an object", True),
+    "schema": (dict, "an object", False),
+    "world_size": (int, "a whole number", False),
+    "shards": (list, "a list of shard entries", False),
+    "totals": (dict, "an object", False),
+    "files": (dict, "an object of file names and checksums", False),
+    "stream": (dict, "an object", False),
+}
+_SHARD_FIELDS: dict[str, tuple[type, bool]] = {
+    "file": (str, True),
+    "rows": (int, True),
+    "bytes": (int, True),
+    "sha256": (str, True),
+    "first_id": (int, True),
+    "last_id": (int, True),
+    "rank": (int, False),
+    "first_window": (int, False),
+    "last_window": (int, False),
+}
+
+
+def _check_shape(d: dict[str, Any], path: Path) -> None:
+    def damaged(what: str) -> CacheError:
+        return CacheError(f"{path}: {what}; the manifest is damaged (re-create the cache)")
+
+    for key, (typ, words, required) in _FIELDS.items():
+        if key not in d:
+            if required:
+                raise damaged(f"field {key!r} is missing")
+            continue
+        value = d[key]
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise damaged(f"field {key!r} should be {words}, not {_kind(value)}")
+    if d.get("status") not in (STATUS_IN_PROGRESS, STATUS_COMPLETE):
+        raise damaged(f"status {d.get('status')!r} is neither {STATUS_IN_PROGRESS} nor complete")
+    if any(not isinstance(v, str) for v in d.get("files", {}).values()):
+        raise damaged("field 'files' should map file names to sha256 strings")
+    for i, shard in enumerate(d.get("shards", [])):
+        if not isinstance(shard, dict):
+            raise damaged(f"shard entry {i} should be an object, not {_kind(shard)}")
+        for key, (typ, required) in _SHARD_FIELDS.items():
+            if key not in shard:
+                if required:
+                    raise damaged(f"shard entry {i} has no {key!r}")
+            elif not isinstance(shard[key], typ) or isinstance(shard[key], bool):
+                raise damaged(
+                    f"shard entry {i}: {key!r} should be {typ.__name__}, not {_kind(shard[key])}"
+                )
+
+
+def _kind(value: Any) -> str:
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
+    return names.get(type(value), type(value).__name__)
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:

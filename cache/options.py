@@ -4,6 +4,10 @@ Every setting of every command is a dataclass field declared with ``option()``: 
 and a one-line reason live together, and the command line is derived from the fields
 (``pipeline/cli/options.py``), so a default is written once and help never drifts from it::
 
+    from dataclasses import dataclass
+
+    from cache.options import option
+
     @dataclass(frozen=True)
     class DataConfig:
         batch_size: int = option(256, "most sentences per batch")

@@ -28,6 +28,9 @@ from cache.manifest import (
 if TYPE_CHECKING:
     import duckdb
 
+# Stage one writes the damaged shards again, and only those, with the same ids and rows.
+REPAIR_HINT = "rerun the `pipeline embed` command that made the cache, with --repair"
+
 
 class Cache:
     """An opened cache directory. Use `open_cache(path)` to get one."""
@@ -93,14 +96,11 @@ class Cache:
             reader = pa.ipc.open_file(source)
             table = reader.read_all()
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-            raise CacheError(
-                f"shard {path} is corrupt ({_first_line(e)}); run `pipeline verify {self.path}` "
-                "and re-create the cache (or delete the shard's manifest entry and resume)"
-            ) from None
+            raise CacheError(f"shard {path} is corrupt ({_first_line(e)}); {REPAIR_HINT}") from None
         if table.num_rows != info.rows:
             raise CacheError(
                 f"shard {path} holds {table.num_rows} rows, the manifest says {info.rows}; "
-                "the cache is damaged"
+                f"{REPAIR_HINT}"
             )
         if columns is not None:
             missing = [c for c in columns if c not in table.column_names]
@@ -119,15 +119,15 @@ class Cache:
             size = path.stat().st_size
         except FileNotFoundError:
             raise CacheError(
-                f"shard {path} is listed in the manifest but missing; the cache is damaged"
+                f"shard {path} is listed in the manifest but missing; {REPAIR_HINT}"
             ) from None
         if size != info.bytes:
             raise CacheError(
                 f"shard {path} is {size} bytes, the manifest says {info.bytes} (truncated or "
-                "replaced); re-create the cache"
+                f"replaced); {REPAIR_HINT}"
             )
         if self.checksums and sha256_file(path) != info.sha256:
-            raise CacheError(f"shard {path} fails its sha256 check (corrupt); re-create the cache")
+            raise CacheError(f"shard {path} fails its sha256 check (corrupt); {REPAIR_HINT}")
         self._checked.add(info.file)
 
     def shard_order(

@@ -19,6 +19,7 @@ class VerifyReport:
     path: Path
     shards_checked: int = 0
     rows_checked: int = 0
+    complete: bool = True  # False: an unfinished cache (what is there may still verify)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -32,8 +33,7 @@ def verify_cache(path: str | Path) -> VerifyReport:
     cache = open_cache(path, require_complete=False, checksums=True)
     report = VerifyReport(cache.path)
     m = cache.manifest
-    if not m.complete:
-        report.notes.append("status is in_progress: rerun `pipeline embed` to finish it")
+    report.complete = m.complete
     expected = {name: typ for name, typ in m.schema.items()}
     seen_ids: list[np.ndarray] = []
     for info in cache.shards:

@@ -12,6 +12,7 @@ minified text) is cut at a fixed size instead of being read whole.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import re
@@ -73,7 +74,8 @@ class Paragraph:
 class CorpusStats:
     """Counters for one pass over a corpus; they go into the cache manifest."""
 
-    lines: int = 0
+    lines: int = 0  # input lines: of text files and dumps, JSONL lines, lines inside records
+    empty_records: int = 0  # JSONL/parquet/dataset records whose text is null or blank
     non_utf8_lines: int = 0
     long_lines_truncated: int = 0
     paragraphs: int = 0
@@ -191,6 +193,20 @@ def describe_corpus(spec: CorpusSpec) -> dict[str, Any]:
     return info
 
 
+def check_files(spec: CorpusSpec, records: int = 100) -> None:
+    """Read the first `records` paragraphs of every local file of the corpus.
+
+    A file of the wrong format (bad JSON, no such text field, not parquet) then fails before
+    a teacher loads and before --out is touched, not an hour into the run. A bad record
+    further into a file still fails only when the stream reaches it.
+    """
+    resolved = _resolve(spec, for_reading=True)
+    for file in resolved.files:
+        paragraphs = _read_local((file,), spec.text_field, CorpusStats(), DEFAULT_MAX_LINE_CHARS)
+        for _ in itertools.islice(paragraphs, records):
+            pass
+
+
 def wiki_dump_path(spec: CorpusSpec) -> Path | None:
     """The WikiExtractor dump to read for `corpus="wiki"`, or None to stream the hub."""
     raw = spec.wiki_dump or os.environ.get(WIKI_DUMP_ENV) or None
@@ -239,6 +255,11 @@ def _resolve_local(path: Path) -> _Resolved:
     path = path.resolve()
     if path.is_file():
         kind = _kind_of(path)
+        if kind is None and path.name.lower().endswith(".parquet.gz"):
+            raise SraError(
+                f"corpus file {path} is a gzipped parquet file; parquet compresses its own "
+                "columns, so gunzip it and pass the .parquet file"
+            )
         if kind is None:
             raise SraError(
                 f"corpus file {path} has an unsupported extension; "
@@ -386,17 +407,28 @@ def _clean_text(text: str, stats: CorpusStats) -> str:
 
 
 def _record_paragraphs(
-    text: str, source: str, stats: CorpusStats, max_line_chars: int
+    text: str | None,
+    source: str,
+    stats: CorpusStats,
+    max_line_chars: int,
+    count_lines: bool = True,
 ) -> Iterator[Paragraph]:
-    """Paragraphs of one record (jsonl line, parquet row, dataset row): its text lines."""
-    for line in text.split("\n"):
-        stats.lines += 1
+    """Paragraphs of one record (jsonl line, parquet row, dataset row): its text lines.
+
+    `count_lines=False` where the record's own line was counted already (JSONL)."""
+    found = False
+    for line in (text or "").split("\n"):
+        if count_lines:
+            stats.lines += 1
         if len(line) > max_line_chars:
             line = line[:max_line_chars]
             stats.long_lines_truncated += 1
         line = line.strip()
         if line:
+            found = True
             yield Paragraph(line, source)
+    if not found:  # null or blank: dropped, and counted so the manifest says so
+        stats.empty_records += 1
 
 
 # ---------------------------------------------------------------------------- local files
@@ -441,15 +473,14 @@ def _read_jsonl(
                 "pass --text-field with the field that holds the text"
             )
         value = record[text_field]
-        if value is None:
-            continue
-        if not isinstance(value, str):
+        if value is not None and not isinstance(value, str):
             raise SraError(
                 f"{where} field {text_field!r} is {type(value).__name__}, not text; "
                 "pass --text-field with a string field"
             )
+        text = None if value is None else _clean_text(value, stats)
         source = f"{file.label}:{lineno}"
-        yield from _record_paragraphs(_clean_text(value, stats), source, stats, max_line_chars)
+        yield from _record_paragraphs(text, source, stats, max_line_chars, count_lines=False)
 
 
 def _read_parquet(
@@ -476,11 +507,9 @@ def _read_parquet(
     for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[text_field]):
         for value in batch.column(0).to_pylist():
             row += 1
-            if value is None:
-                continue
             if isinstance(value, bytes):
                 value = _decode(value, stats, cut=False)
-            elif not isinstance(value, str):
+            elif value is not None and not isinstance(value, str):
                 raise SraError(
                     f"{file.path} column {text_field!r} holds {type(value).__name__}, not text; "
                     "pass --text-field with a string column"
@@ -496,8 +525,10 @@ def _read_wiki_dump(path: Path, stats: CorpusStats, max_line_chars: int) -> Iter
     source: str | None = None
     title = ""
     expect_title = False
+    articles = text_outside = 0
     for lineno, line in _iter_lines(path, stats, max_line_chars):
         if line.startswith("<doc "):
+            articles += 1
             doc_id, title = _parse_doc_header(line, path, lineno)
             source = f"wiki:{doc_id}:{title}"
             expect_title = True
@@ -508,10 +539,16 @@ def _read_wiki_dump(path: Path, stats: CorpusStats, max_line_chars: int) -> Iter
         text = line.strip()
         # Text outside <doc> blocks belongs to no article, so it has no source to cite.
         if source is None or not text:
+            text_outside += bool(text)
             continue
         is_title = expect_title and text == title
         expect_title = False
         yield Paragraph(text, source, is_title)
+    if not articles and text_outside:
+        raise SraError(
+            f"{path} has text but no <doc ...> articles; --corpus wiki reads a WikiExtractor "
+            "dump (pass a plain text file as --corpus PATH instead)"
+        )
 
 
 def _parse_doc_header(line: str, path: Path, lineno: int) -> tuple[str, str]:
@@ -559,9 +596,7 @@ def _read_hf(
                 f"{', '.join(row)}); pass --text-field with the field that holds the text"
             )
         value = row[text_field]
-        if value is None:
-            continue
-        if not isinstance(value, str):
+        if value is not None and not isinstance(value, str):
             raise SraError(
                 f"dataset {resolved.name!r} field {text_field!r} is {type(value).__name__}, "
                 "not text; pass --text-field with a string field"

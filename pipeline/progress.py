@@ -1,8 +1,18 @@
-"""Progress for long jobs: a rich bar on a terminal, plain periodic log lines elsewhere."""
+"""Progress for long jobs: a rich bar on a terminal, plain periodic log lines elsewhere.
+
+Off a terminal (a log file, CI, nohup) a line comes at least every `every` seconds (30 by
+default), also while nothing is counted yet: loading the teacher, compiling it, skipping the
+windows a resumed run already has. A heartbeat thread writes it, so a phase that blocks the
+main thread for minutes (torch.compile) still shows that the run is alive and what it does.
+
+Rates are shown only once they mean something: the first batch carries one-off costs (kernel
+selection, compilation), so the rate is measured from its end, and only after a few seconds.
+"""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from types import TracebackType
 
@@ -16,12 +26,25 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# A rate over less time than this is mostly noise (and start-up).
+MIN_RATE_SECONDS = 3.0
+
 
 class EmbedProgress:
-    """Sentences and tokens per second, shards written, and an ETA when the total is known."""
+    """Sentences and tokens per second, shards written, and an ETA when the total is known.
+
+    Use: `phase("loading the teacher")` while getting ready, then `start(total, done)` and
+    `update(sentences, tokens)` once per teacher batch. `every=0` prints a line per update
+    and starts no heartbeat (tests).
+    """
 
     def __init__(
-        self, total: int | None, done: int = 0, every: float = 30.0, enabled: bool = True
+        self,
+        total: int | None = None,
+        done: int = 0,
+        every: float = 30.0,
+        enabled: bool = True,
+        console: Console | None = None,
     ) -> None:
         self.total = total
         self.sentences = done
@@ -29,20 +52,70 @@ class EmbedProgress:
         self.shards = 0
         self.every = every
         self.enabled = enabled
-        self._start = time.monotonic()
+        self.phase_text = "starting"
+        self._console = console or Console(stderr=True)
+        self._t0 = time.monotonic()  # when the run started
+        self._phase_t0 = self._t0
+        self._start = self._t0  # when counting started (`start`)
+        self._counting = False
         self._new = 0  # sentences embedded by this run, for rates
-        # The first window carries one-off costs (reader start, kernel selection, compilation);
-        # the steady rate after it is what a long run achieves.
-        self._warm: tuple[float, int] | None = None
-        self._last_log = self._start
-        self._console = Console(stderr=True)
+        # The first batch carries one-off costs (kernel selection, compilation); the steady
+        # rate is measured from its end.
+        self._warm: tuple[float, int, int] | None = None
+        self._last_line = self._t0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         self._rich: Progress | None = None
         self._task = None
 
+    @property
+    def terminal(self) -> bool:
+        return self._console.is_terminal
+
     def __enter__(self) -> EmbedProgress:
-        if self.enabled and self._console.is_terminal:
+        if self.enabled and not self.terminal and self.every > 0:
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="progress-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=2)
+        if self._rich is not None:
+            self._rich.__exit__(exc_type, exc, tb)
+            self._rich = None
+
+    # -- what the run is doing ---------------------------------------------------------------
+
+    def phase(self, text: str) -> None:
+        """Say what the run is doing now (one line, on a terminal too)."""
+        with self._lock:
+            self.phase_text = text
+            self._phase_t0 = time.monotonic()
+            if self._rich is not None and self._task is not None:
+                self._rich.update(self._task, description=text)
+                return
+        self._line(f"embed: {text}")
+
+    def start(self, total: int | None, done: int = 0) -> None:
+        """Begin counting sentences: `done` are already in the cache."""
+        with self._lock:
+            self.total = total
+            self.sentences = done
+            self._counting = True
+            self._start = time.monotonic()
+        if self.enabled and self.terminal:
             self._rich = Progress(
-                TextColumn("[bold]embed"),
+                TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
@@ -53,49 +126,91 @@ class EmbedProgress:
             )
             self._rich.__enter__()
             self._task = self._rich.add_task(
-                "embed", total=self.total, completed=self.sentences, rate=""
+                self.phase_text, total=total, completed=done, rate="measuring speed…"
             )
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._rich is not None:
-            self._rich.__exit__(exc_type, exc, tb)
+    # -- counting ----------------------------------------------------------------------------
 
     @property
     def rate(self) -> tuple[float, float]:
+        """(sentences/s, tokens/s) of this run since counting started."""
         elapsed = max(time.monotonic() - self._start, 1e-9)
         return self._new / elapsed, self.tokens / elapsed
 
     @property
     def steady_rate(self) -> float | None:
-        if self._warm is None or self._new == self._warm[1]:
+        """Sentences/s after the first batch, once measured over a few seconds; else None."""
+        if self._warm is None:
             return None
-        elapsed = max(time.monotonic() - self._warm[0], 1e-9)
+        elapsed = time.monotonic() - self._warm[0]
+        if self._new == self._warm[1] or elapsed <= 0:
+            return None
         return (self._new - self._warm[1]) / elapsed
 
+    def _shown_rate(self) -> tuple[float, float] | None:
+        if self._warm is None or time.monotonic() - self._warm[0] < MIN_RATE_SECONDS:
+            return None
+        elapsed = time.monotonic() - self._warm[0]
+        sentences = self._new - self._warm[1]
+        if sentences <= 0:
+            return None
+        return sentences / elapsed, (self.tokens - self._warm[2]) / elapsed
+
     def update(self, sentences: int = 0, tokens: int = 0, shards: int | None = None) -> None:
-        self.sentences += sentences
-        self._new += sentences
-        if self._warm is None:
-            self._warm = (time.monotonic(), self._new)
-        self.tokens += tokens
-        if shards is not None:
-            self.shards = shards
-        sps, tps = self.rate
-        text = f"{sps:,.0f} sent/s · {tps:,.0f} tok/s · {self.shards} shards"
-        if self._rich is not None and self._task is not None:
-            self._rich.update(self._task, completed=self.sentences, rate=text)
+        """Count one teacher batch (or a whole window)."""
+        with self._lock:
+            self.sentences += sentences
+            self._new += sentences
+            self.tokens += tokens
+            if self._warm is None:
+                self._warm = (time.monotonic(), self._new, self.tokens)
+            if shards is not None:
+                self.shards = shards
+            text = self._status()
+            if self._rich is not None and self._task is not None:
+                self._rich.update(self._task, completed=self.sentences, rate=text)
+                return
+        if self.enabled and time.monotonic() - self._last_line >= self.every:
+            self._line(self._counted_line(text))
+
+    def _status(self) -> str:
+        shown = self._shown_rate()
+        speed = (
+            "measuring speed…"
+            if shown is None
+            else (f"{shown[0]:,.0f} sent/s · {shown[1]:,.0f} tok/s")
+        )
+        return f"{speed} · {self.shards} shards"
+
+    def _counted_line(self, text: str) -> str:
+        total = f"/{self.total:,}" if self.total else ""
+        eta = ""
+        shown = self._shown_rate()
+        if self.total and shown is not None:
+            eta = f" · ETA {max(self.total - self.sentences, 0) / shown[0]:,.0f}s"
+        return f"embed: {self.sentences:,}{total} sentences · {text}{eta}"
+
+    # -- plain lines -------------------------------------------------------------------------
+
+    def _line(self, text: str) -> None:
+        if not self.enabled:
             return
-        now = time.monotonic()
-        if self.enabled and now - self._last_log >= self.every:
-            self._last_log = now
-            total = f"/{self.total:,}" if self.total else ""
-            eta = ""
-            if self.total and sps > 0:
-                eta = f" · ETA {max(self.total - self.sentences, 0) / sps:,.0f}s"
-            print(f"embed: {self.sentences:,}{total} sentences · {text}{eta}", file=sys.stderr)
+        self._last_line = time.monotonic()
+        if self.terminal:
+            self._console.print(text, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def _beat(self) -> None:
+        """Off a terminal: a line at least every `every` seconds, whatever the main thread does."""
+        tick = min(1.0, max(self.every / 4, 0.01))
+        while not self._stop.wait(tick):
+            if time.monotonic() - self._last_line < self.every:
+                continue
+            with self._lock:
+                if self._counting and self._warm is not None:
+                    text = self._counted_line(self._status())
+                else:
+                    waited = time.monotonic() - self._phase_t0
+                    text = f"embed: still {self.phase_text} ({waited:,.0f} s)"
+            self._line(text)

@@ -3,6 +3,10 @@
 Reading, decoding, sentence splitting and dedup are pure Python. In a thread they would hold
 the GIL between the teacher's torch ops and slow its forward pass (measured: several-fold);
 in a process they overlap with it for real. Windows travel as plain lists.
+
+The reader never outlives the run: on Linux the kernel kills it when its parent dies
+(`die_with_parent`, however the parent died, SIGKILL included), and every blocking step
+also checks that the parent is still there.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import itertools
 import multiprocessing as mp
 import os
 import queue
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,8 +50,13 @@ class ReadPlan:
     world: int
     tokenizer_json: str  # the teacher's Rust tokenizer, already set to truncate
     # A task corpus's texts, taken as they are: no splitting, filtering or dedup (see
-    # pipeline/task_corpus.py). None: stream `spec` through the sentence filters.
+    # pipeline/tasks/corpus.py). None: stream `spec` through the sentence filters.
     sentences: list[str] | None = None
+    # Windows before `start` to produce again: those of damaged shards being repaired.
+    redo: tuple[int, ...] = ()
+
+    def wants(self, index: int) -> bool:
+        return index in self.redo or (index >= self.start and index % self.world == self.rank)
 
 
 def tokenize(backend: Any, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
@@ -52,40 +64,99 @@ def tokenize(backend: Any, texts: list[str]) -> tuple[list[list[int]], list[bool
     return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
 
 
-def plan_windows(plan: ReadPlan, stats: CorpusStats) -> Iterator[Window]:
-    """The windows this rank owns, from `start` on; earlier ones are read (for dedup) only."""
+def plan_windows(
+    plan: ReadPlan, stats: CorpusStats, started: Iterator[tuple[str, str]] | None = None
+) -> Iterator[Window]:
+    """The windows this rank owns, from `start` on; earlier ones are read (for dedup) only.
+
+    `started`: the sentence stream, already opened (and partly read) before the plan was known;
+    the limit is applied here, so reading could begin before the limit was decided.
+    """
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(plan.tokenizer_json)
     if plan.sentences is None:
-        stream = iter_sentences(plan.spec, plan.filters, plan.limit, stats)
+        raw = (
+            started if started is not None else iter_sentences(plan.spec, plan.filters, None, stats)
+        )
+        stream = raw if plan.limit is None else itertools.islice(raw, plan.limit)
     else:
         stats.emitted = len(plan.sentences)
         stream = ((text, f"{plan.spec.corpus}:{i}") for i, text in enumerate(plan.sentences))
+    emitted = 0
     for index in itertools.count():
         chunk = list(itertools.islice(stream, plan.window))
         if not chunk:
-            return
-        if index >= plan.start and index % plan.world == plan.rank:
+            break
+        emitted += len(chunk)
+        if plan.wants(index):
             texts = [t for t, _ in chunk]
             ids, truncated = tokenize(backend, texts)
             sources = [s for _, s in chunk]
             yield Window(index, index * plan.window, texts, sources, ids, truncated)
+    if plan.sentences is None:
+        stats.emitted = emitted  # what passed the limit, whatever was read ahead of it
 
 
-def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStats]:
-    """Windows from a child process; the last item is the finished stream's CorpusStats."""
-    # fork where the platform has it: no re-import of the caller's script (spawn would run an
-    # unguarded `embed()` script again in the child). The child touches no torch state.
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    q: Any = ctx.Queue(maxsize=ahead)
-    child = ctx.Process(target=_produce, args=(plan, q, os.getpid()), daemon=True)
-    child.start()
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG).
+
+    A no-op elsewhere; callers still check `os.getppid()` on every blocking step. The signal
+    comes when the parent *thread* that forked us exits, so only call this in a child forked
+    from a thread that lives as long as the parent cares about it (the main thread here).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
     try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class CorpusReader:
+    """The reader process. Started before the teacher loads, it opens the corpus and reads (and
+    splits) up to `prefetch` sentences meanwhile; `windows(plan)` then hands it what only a
+    loaded teacher and an opened cache can say (tokenizer, limit, first window, windows to
+    redo), and yields its windows; the last item is the finished stream's CorpusStats.
+
+    Forked before torch is imported, the child is small, and holds no torch threads.
+    """
+
+    def __init__(
+        self, spec: CorpusSpec, filters: FilterConfig, prefetch: int = 0, ahead: int = 2
+    ) -> None:
+        self.spec, self.filters = spec, filters
+        # fork where the platform has it: no re-import of the caller's script (spawn would run
+        # an unguarded `embed()` script again in the child).
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        self._control: Any = ctx.Queue()
+        # The parent never waits for its plan to be flushed at exit: a dead child reads nothing.
+        self._control.cancel_join_thread()
+        self._q: Any = ctx.Queue(maxsize=ahead)
+        self._child = ctx.Process(
+            target=_produce,
+            args=(spec, filters, prefetch, self._control, self._q, os.getpid()),
+            daemon=True,
+        )
+        self._child.start()
+
+    def __enter__(self) -> CorpusReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def windows(self, plan: ReadPlan) -> Iterator[Window | CorpusStats]:
+        assert plan.spec == self.spec and plan.filters == self.filters
+        self._control.put(plan)
+        child = self._child
         while True:
             try:
-                kind, payload = q.get(timeout=5.0)
+                kind, payload = self._q.get(timeout=5.0)
             except queue.Empty:
                 if not child.is_alive():
                     raise SraError(
@@ -100,31 +171,90 @@ def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStat
                 return
             else:
                 raise SraError(payload)
-    finally:
-        if child.is_alive():
-            child.terminate()
-        child.join(timeout=5)
+
+    def close(self) -> None:
+        if self._child.is_alive():
+            self._child.terminate()
+        self._child.join(timeout=5)
+        self._control.close()
 
 
-def _produce(plan: ReadPlan, q: Any, parent: int) -> None:
-    def send(item: tuple[str, Any]) -> bool:
+def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStats]:
+    """Windows from a reader process started now; the last item is the stream's CorpusStats."""
+    with CorpusReader(plan.spec, plan.filters, 0, ahead) as reader:
+        yield from reader.windows(plan)
+
+
+def _produce(
+    spec: CorpusSpec, filters: FilterConfig, prefetch: int, control: Any, q: Any, parent: int
+) -> None:
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent handles it and ends this process,
+    # which would otherwise print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def parent_gone() -> None:
+        # Exit at once: a normal exit would wait for the queue's feeder thread, which is
+        # blocked writing to a pipe nobody reads any more (the reader that lived forever).
+        os._exit(1)
+
+    def send(item: tuple[str, Any]) -> None:
         while True:
             try:
                 q.put(item, timeout=1.0)
-                return True
+                return
             except queue.Full:
-                if os.getppid() != parent:  # the parent was killed: stop, don't linger
-                    return False
+                if os.getppid() != parent:
+                    parent_gone()
 
     # One tokenizer thread: the teacher already keeps both cores busy.
     os.environ["RAYON_NUM_THREADS"] = "1"
     stats = CorpusStats()
     try:
-        for window in plan_windows(plan, stats):
-            if not send(("window", window)):
-                return
-        send(("stats", asdict(stats)))
+        head: list[tuple[str, str]] = []
+        raw = iter_sentences(spec, filters, None, stats) if prefetch else None
+        plan = _wait_for_plan(control, parent, raw, head, prefetch, parent_gone)
+        if plan is not None:
+            started = itertools.chain(head, raw) if raw is not None else None
+            for window in plan_windows(plan, stats, started):
+                send(("window", window))
+            send(("stats", asdict(stats)))
     except SraError as e:
         send(("error", str(e)))
     except Exception as e:  # any other failure still ends as one line in the parent
         send(("error", f"reading the corpus failed: {type(e).__name__}: {e}"))
+    # Wait for the feeder thread to hand everything to the pipe, watching the parent.
+    q.close()
+    flushed = threading.Thread(target=q.join_thread, daemon=True)
+    flushed.start()
+    while flushed.is_alive():
+        flushed.join(timeout=0.5)
+        if os.getppid() != parent:
+            parent_gone()
+
+
+def _wait_for_plan(
+    control: Any,
+    parent: int,
+    raw: Iterator[tuple[str, str]] | None,
+    head: list[tuple[str, str]],
+    prefetch: int,
+    parent_gone: Any,
+) -> ReadPlan | None:
+    """Read ahead into `head` (up to `prefetch` sentences) until the plan comes."""
+    while True:
+        reading = raw is not None and len(head) < prefetch
+        try:
+            return control.get(timeout=0.005 if reading else 1.0)
+        except queue.Empty:
+            pass
+        if os.getppid() != parent:
+            parent_gone()
+        if reading:
+            assert raw is not None
+            chunk = list(itertools.islice(raw, min(512, prefetch - len(head))))
+            head.extend(chunk)
+            if not chunk:
+                prefetch = len(head)  # the stream ended before the prefetch did

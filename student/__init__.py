@@ -7,15 +7,23 @@ A trained student encodes sentences on CPU without the teacher (and without
     enc = StudentEncoder.from_pretrained("runs/sra-minilm")
     vecs = enc.encode(["A sentence.", "Another one."])
 
+and a fine-tuned one (``pipeline finetune --out``) classifies or scores texts::
+
+    from student import TaskModel
+    model = TaskModel.from_pretrained("runs/tickets")
+    model.predict(["my card was charged twice"])        # label names (scores for regression)
+    model.predict_proba(["my card was charged twice"])  # per-label probabilities
+
 Training one from a stage-one cache (``pipeline train``)::
 
     from student import TrainConfig, train
     train(TrainConfig(cache="caches/wiki-minilm", out="runs/sra-minilm"))
 
 The package's top level is what a deployed student needs: ``config`` (StudentConfig),
-``model`` (BiLSTMEncoder), ``encoder`` (StudentEncoder), ``runtime`` (device and bf16) and
-``sts``. Training lives in ``student.training`` (distillation), ``student.finetuning`` (GLUE
-tasks) and ``student.runs`` (the run folder both share).
+``model`` (BiLSTMEncoder), ``encoder`` (StudentEncoder), ``task_model`` (TaskModel),
+``runtime`` (device and bf16) and ``sts``. Training lives in ``student.training``
+(distillation), ``student.finetuning`` (tasks: GLUE or your own) and ``student.runs`` (the
+run folder both share).
 
 This package must never import ``transformers`` or the ``pipeline`` package: it only
 needs torch, tokenizers, safetensors, numpy and the ``cache`` reader. The names below load on
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
     from student.config import StudentConfig
     from student.encoder import StudentEncoder
     from student.model import BiLSTMEncoder
+    from student.task_model import TaskModel
     from student.training.config import TrainConfig
     from student.training.loop import train
 
@@ -42,6 +51,7 @@ _LAZY = {
     "StudentConfig": "student.config",
     "StudentEncoder": "student.encoder",
     "BiLSTMEncoder": "student.model",
+    "TaskModel": "student.task_model",
     "TrainConfig": "student.training.config",
     "train": "student.training.loop",
 }
@@ -52,6 +62,7 @@ __all__ = [
     "StudentConfig",
     "StudentEncoder",
     "StudentError",
+    "TaskModel",
     "TrainConfig",
     "train",
 ]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
+import json
 import os
 import string
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,6 +192,48 @@ def embed_any(**kw):  # type: ignore[no-untyped-def]
     return embed_corpus(EmbedConfig(**kw), options)
 
 
+def cosine(a, b):  # type: ignore[no-untyped-def]
+    """Row-wise cosine of two [n, d] arrays."""
+    import numpy as np
+
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    """Two caches hold the same shards, rows, ids, texts and tokens; vectors equal to noise."""
+    from cache import open_cache
+
+    ca, cb = open_cache(a), open_cache(b)
+    assert [s.rows for s in ca.shards] == [s.rows for s in cb.shards]
+    assert [s.file for s in ca.shards] == [s.file for s in cb.shards]
+    cols = ["id", "text", "source", "input_ids", "n_tokens", "truncated"]
+    for sa, sb in zip(ca.shards, cb.shards, strict=True):
+        assert ca.read_shard(sa, cols).equals(cb.read_shard(sb, cols))
+        for pooling in ca.poolings:
+            assert cosine(ca.vectors(pooling, sa), cb.vectors(pooling, sb)).min() >= 0.99999
+
+
+def assert_same_rows(a: Path, b: Path) -> None:
+    """Two caches hold the same rows by id (shard boundaries may differ: a grown cache)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from cache import open_cache
+
+    def rows(path: Path) -> pa.Table:
+        c = open_cache(path)
+        cols = ["id", "text", "source", "input_ids", "n_tokens", "truncated", *c.poolings]
+        return pa.concat_tables(c.read_shard(s, cols) for s in c.shards).sort_by("id")
+
+    ta, tb = rows(a), rows(b)
+    plain = ["id", "text", "source", "input_ids", "n_tokens", "truncated"]
+    assert ta.select(plain).equals(tb.select(plain))
+    for pooling in ta.column_names[len(plain) :]:
+        va = np.array(ta.column(pooling).to_pylist())
+        vb = np.array(tb.column(pooling).to_pylist())
+        assert cosine(va, vb).min() >= 0.99999
+
+
 def make_cache(
     root: Path,
     teacher: Path,
@@ -271,3 +318,147 @@ def make_task_run(folder: Path, encoder, task: str, pair: bool, kind: str, label
     }
     (folder / "finetune.json").write_text(json.dumps(run))
     return folder
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """One task file in the format its name says (gzip'd when it ends in .gz)."""
+    name = path.name.removesuffix(".gz")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    if name.endswith(".csv"):
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        data = buffer.getvalue().encode()
+    elif name.endswith(".tsv"):
+        lines = ["\t".join(columns)] + [
+            "\t".join(str(row.get(c, "")) for c in columns) for row in rows
+        ]
+        data = ("\n".join(lines) + "\n").encode()
+    elif name.endswith(".jsonl"):
+        data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        data = sink.getvalue().to_pybytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+# -- own tasks, end to end: task folders in each format, their caches, fine-tuned models ----
+
+OWN_TASKS = {
+    # name: (problem, pair, train file format)
+    "reviews": ("classification", False, "csv"),
+    "pairs": ("classification", True, "tsv"),
+    "tickets": ("multilabel", False, "jsonl"),
+    "scores": ("regression", True, "parquet"),
+}
+_COLOURS = {"red": ("good", "bug"), "blue": ("bad", "ui"), "green": ("meh", "docs")}
+
+
+def own_task_rows(name: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """n learnable rows of one of OWN_TASKS: the label follows the colour words in the text.
+
+    reviews: one colour, three classes (CSV texts with commas and quotes); pairs: "same" or
+    "different" colour; tickets: any of the colours, one label each (none is fine); scores:
+    5 when both sides share a colour, else 1, plus noise.
+    """
+    import random
+
+    rng = random.Random(seed)
+    nouns = ["cat", "dog", "house", "tree", "river", "water", "city"]
+
+    def text(*colours: str) -> str:
+        words = [rng.choice(nouns) for _ in range(rng.randint(2, 8))]
+        for colour in colours:
+            words.insert(rng.randrange(len(words) + 1), colour)
+        return " ".join(words)
+
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        a, b = rng.choice(list(_COLOURS)), rng.choice(list(_COLOURS))
+        if name == "reviews":
+            body = text(a)
+            body = f'{body}, "{a}" one' if i % 5 == 0 else body  # commas and quotes for CSV
+            rows.append({"id": i, "text": body, "label": _COLOURS[a][0]})
+        elif name == "pairs":
+            rows.append(
+                {"text": text(a), "text_pair": text(b), "label": "same" if a == b else "different"}
+            )
+        elif name == "tickets":
+            colours = rng.sample(list(_COLOURS), rng.randint(0, 2))
+            rows.append({"text": text(*colours), "label": sorted(_COLOURS[c][1] for c in colours)})
+        else:
+            score = (5.0 if a == b else 1.0) + rng.random() * 0.3
+            rows.append({"text": text(a), "text_pair": text(b), "label": round(score, 3)})
+    return rows
+
+
+def write_own_task(root: Path, name: str, n_train: int = 160, n_dev: int = 40) -> Path:
+    """A task folder of OWN_TASKS[name] in its format: train and dev files."""
+    fmt = OWN_TASKS[name][2]
+    folder = root / name
+    write_table(folder / f"train.{fmt}", own_task_rows(name, n_train, seed=0))
+    write_table(folder / f"dev.{fmt}", own_task_rows(name, n_dev, seed=1))
+    return folder
+
+
+def finetune_own_task(root: Path, teacher: Path, name: str, **kw):  # type: ignore[no-untyped-def]
+    """Task folder -> task cache (the tiny BERT) -> a small fresh student fine-tuned on it.
+    Returns (task folder, cache, run folder); ``kw``: more finetune options, by name."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from cache import open_cache
+    from cache.options import configure
+    from student.config import StudentConfig
+    from student.encoder import StudentEncoder
+    from student.finetuning.config import FinetuneConfig
+    from student.finetuning.loop import finetune
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: one thread is fastest, on a busy machine by far
+    try:
+        data = write_own_task(root / "data", name)
+        cache = root / f"{name}-cache"
+        embed_any(
+            corpus=f"task:{data}",
+            out=cache,
+            teacher=str(teacher),
+            window=64,
+            progress=False,
+            dtype="fp32",
+        )
+        opened = open_cache(cache)
+        tokenizer = str(opened.tokenizer_path)
+        vocab = Tokenizer.from_file(tokenizer).get_vocab_size(with_added_tokens=True)
+        config = StudentConfig(vocab, embedding_dim=32, hidden_size=32, output_dim=opened.dim)
+        torch.manual_seed(0)
+        student = root / f"{name}-student"
+        StudentEncoder(config, tokenizer=tokenizer).save_pretrained(student)
+        run = root / f"{name}-run"
+        options = dict(epochs=8, batch_size=16, lr=3e-3, bf16=False, progress=False, patience=0)
+        cfg = configure(
+            FinetuneConfig, student=str(student), cache=cache, out=run, **(options | kw)
+        )
+        finetune(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return data, cache, run
+
+
+@pytest.fixture(scope="session")
+def own_task_models(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str, Any]:
+    """Every OWN_TASKS task fine-tuned once: {name: (task folder, cache, task model folder)}."""
+    root = tmp_path_factory.mktemp("own-tasks")
+    # The pair regression learns the score from [u; v; |u - v|; u * v] faster at a higher rate.
+    options = {"scores": {"lr": 1e-2}}
+    return {
+        name: finetune_own_task(root / name, tiny_bert, name, **options.get(name, {}))
+        for name in OWN_TASKS
+    }

@@ -1,4 +1,4 @@
-"""`pipeline bench embed`: stage one's speed, accuracy and memory, measured on real data.
+"""`pipeline bench embed` and `bench startup`: stage one's speed, accuracy, memory and start-up.
 
 Every number is measured in this run on this machine:
 - `pipeline embed` (the real command, in a subprocess) on N Wikipedia sentences of the dump;
@@ -7,6 +7,11 @@ Every number is measured in this run on this machine:
 - cosine of the cache's vectors to sentence-transformers' fp32 output, and to our own fp32 run;
 - the teacher's useful FLOP/s (padding excluded) against a measured bf16/fp32 matmul peak;
 - peak RSS of `pipeline embed` at N and 4N sentences (shards small enough that both roll over).
+
+`bench startup` times whole processes, start-up included, as a user meets them on a small job:
+`pipeline embed` (the CLI, a fresh cache) against a Python process that imports
+sentence-transformers, loads the same model and encodes the same sentences; and where
+`pipeline embed`'s start-up goes (`totals.startup_seconds` of its manifest).
 """
 
 from __future__ import annotations
@@ -140,6 +145,81 @@ def bench_embed(
     if memory_sentences:
         result["peak_rss_mb"] = _memory(dump, memory_sentences, workdir)
     return result
+
+
+# A whole sentence-transformers job, as a user would write it: import, load, encode.
+ST_JOB = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer(sys.argv[1], device="cpu")
+model.max_seq_length = int(sys.argv[2])
+with open(sys.argv[3], encoding="utf-8") as f:
+    texts = json.load(f)
+model.encode(texts, batch_size=64, convert_to_numpy=True)
+"""
+
+
+def bench_startup(
+    wiki_dump: str | None, sentences: int, workdir: Path, repeats: int = 3
+) -> dict[str, Any]:
+    """Whole-process `pipeline embed` vs a whole-process sentence-transformers encode of the
+    same sentences (same model, same max length), alternating, `repeats` times each; medians."""
+    dump = wiki_dump or os.environ.get(WIKI_DUMP_ENV)
+    if not dump or not Path(dump).exists():
+        raise SraError(
+            f"the benchmark needs a local WikiExtractor dump; pass --wiki-dump PATH, got {dump!r}"
+        )
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        raise SraError(
+            "the benchmark compares against sentence-transformers: pip install -e '.[bench]'"
+        ) from None
+    if repeats < 1:
+        raise SraError(f"--repeats must be >= 1, got {repeats}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = ["--corpus", "wiki", "--wiki-dump", dump, "--limit", str(sentences)]
+    texts_file = workdir / "startup-sentences.json"
+    embed_walls, st_walls, phases = [], [], []
+    for r in range(repeats):
+        out = workdir / f"startup-{r}"
+        shutil.rmtree(out, ignore_errors=True)  # a complete cache would make the run a no-op
+        embed_walls.append(_run_embed([*base, "--out", str(out)])[0])
+        cache = open_cache(out)
+        phases.append(cache.manifest.totals["startup_seconds"])
+        if r == 0:
+            import json
+
+            texts, _, _ = _read(cache)
+            texts_file.write_text(json.dumps(texts))
+            max_length = cache.manifest.config["teacher"]["max_length"]
+            streaming = cache.manifest.totals["sentences_per_second"]
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", ST_JOB, resolve_teacher(None), str(max_length), str(texts_file)],
+            check=True,
+            capture_output=True,
+        )
+        st_walls.append(time.perf_counter() - t0)
+    embed_wall, st_wall = float(np.median(embed_walls)), float(np.median(st_walls))
+    return {
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "sentences": len(texts),
+        "repeats": repeats,
+        "pipeline_embed_seconds": round(embed_wall, 2),
+        "pipeline_embed_seconds_each": [round(x, 2) for x in embed_walls],
+        "sentence_transformers_seconds": round(st_wall, 2),
+        "sentence_transformers_seconds_each": [round(x, 2) for x in st_walls],
+        "whole_process_speedup": round(st_wall / embed_wall, 2),
+        "pipeline_streaming_sentences_per_second": streaming,
+        # From process start: CLI imports, teacher (torch, transformers, weights), the first
+        # window from the reader, the first teacher batch done.
+        "pipeline_startup_seconds_median": {
+            k: round(float(np.median([p[k] for p in phases])), 2) for k in phases[0]
+        },
+    }
 
 
 def _run_embed(args: list[str]) -> tuple[float, int]:

@@ -1,8 +1,8 @@
 """The `pipeline` command: a thin typer layer; every command calls a plain library function.
 
 Commands live by stage: `stage_one.py` (embed, inspect, sql, verify), `stage_two.py` (train,
-report, eval-sts), `tasks.py` (finetune, evaluate, teacher-finetune), `bench.py` (bench ...),
-`export.py` (export).
+report, eval-sts), `tasks.py` (finetune, evaluate, teacher-finetune), `predict.py` (predict),
+`bench.py` (bench ...), `export.py` (export).
 Each registers itself on `app` through `command()`, which turns an `SraError` (or an OS error
 such as a full disk) into one `error:` line and exit status 1; `--debug` or
 `PIPELINE_DEBUG=1` shows the traceback instead.
@@ -93,11 +93,25 @@ def write_json(path: Path | None, result: dict[str, object]) -> None:
 
 
 # The command modules register themselves on `app` when imported.
-from pipeline.cli import bench, export, stage_one, stage_two, tasks  # noqa: E402, F401
+from pipeline.cli import bench, export, predict, stage_one, stage_two, tasks  # noqa: E402, F401
+
+# Help read from a pipe or a file (`pipeline embed --help | less`, CI logs) is laid out this
+# wide: rich's default of 80 columns off a terminal cut option names to `--trust-remote-co…`.
+PIPED_HELP_WIDTH = 160
+
+
+def wide_help_when_piped() -> None:
+    """Off a terminal, lay help out PIPED_HELP_WIDTH wide (unless TERMINAL_WIDTH says otherwise)."""
+    if sys.stdout.isatty() or os.environ.get("TERMINAL_WIDTH"):
+        return
+    import typer.rich_utils
+
+    typer.rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
 
 
 def main() -> None:
     """Entry point of the `pipeline` script and `python -m pipeline`."""
+    wide_help_when_piped()
     try:
         app()
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Benchmark commands: `pipeline bench embed`, `bench student`, `bench train`."""
+"""Benchmark commands: `pipeline bench embed`, `bench student`, `bench train`, `bench predict`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,25 @@ def bench_embed(
     from pipeline.bench.embed import bench_embed as run
 
     print(json.dumps(run(wiki_dump, sentences, workdir, memory_sentences), indent=2))
+
+
+@command(
+    "startup",
+    on=bench_app,
+    epilog="Example: pipeline bench startup --wiki-dump "
+    "../shared/data/wiki/enwiki_2015_wikiextractor_AA-AB.txt.gz --sentences 8000",
+)
+def bench_startup(
+    wiki_dump: str | None = typer.Option(None, help="WikiExtractor dump [$PIPELINE_WIKI_DUMP]."),
+    sentences: int = typer.Option(8000, help="Sentences to embed."),
+    workdir: Path = typer.Option(Path("caches/bench"), help="Scratch folder for the caches."),
+    repeats: int = typer.Option(3, help="Runs of each, alternating; medians are reported."),
+) -> None:
+    """Whole-process pipeline embed vs sentence-transformers (start-up included), and where
+    pipeline embed's start-up goes."""
+    from pipeline.bench.embed import bench_startup as run
+
+    print(json.dumps(run(wiki_dump, sentences, workdir, repeats), indent=2))
 
 
 @command(
@@ -160,4 +179,38 @@ def bench_train(
     )
     for table in render(result):
         Console().print(table)
+    write_json(json_path, result)
+
+
+@command(
+    "predict",
+    on=bench_app,
+    epilog="Example: pipeline bench predict --model runs/mr --json runs/bench-predict.json",
+)
+def bench_predict(
+    model: Path = typer.Option(..., help="Task model folder (pipeline finetune --out)."),
+    rows: int = typer.Option(1_000_000, help="Rows of the large generated file."),
+    small_rows: int = typer.Option(10_000, help="Rows of the small file (peak memory baseline)."),
+    memory_rows: int = typer.Option(
+        100_000, help="Texts for TaskModel.predict on an in-memory list (the reference)."
+    ),
+    batch_size: int = typer.Option(256, help="Texts per forward pass (both sides)."),
+    chunk_rows: int = typer.Option(8192, help="pipeline predict --chunk-rows."),
+    workdir: Path | None = typer.Option(None, help="Scratch folder for the files (default: tmp)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """pipeline predict on 10k vs 1M generated rows: peak memory, and rows/s vs in-memory."""
+    from pipeline.bench.predict import bench_predict as run
+    from pipeline.bench.predict import render
+
+    result = run(
+        model,
+        rows=rows,
+        small_rows=small_rows,
+        memory_rows=memory_rows,
+        batch_size=batch_size,
+        chunk_rows=chunk_rows,
+        workdir=workdir,
+    )
+    Console().print(render(result))
     write_json(json_path, result)

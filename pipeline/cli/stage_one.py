@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cache.errors import SraError
 from cache.options import nested
 from pipeline.cli import app, command, one_line_errors
 from pipeline.cli.options import config_command
@@ -55,20 +56,31 @@ def run_embed(command: EmbedCommand, outputs: str | None = None) -> None:
         poolings = tuple(p for p in wanted if p != "logits") or ("mean",)
         cfg = replace(cfg, poolings=poolings)
         options = replace(options, logits=options.logits or "logits" in wanted)
+    before = _updated_at(cfg.out)
     manifest = embed_corpus(cfg, options)
     t = manifest.totals
     corpus_stats = t.get("corpus", {})
     notes = [
         f"{corpus_stats[k]:,} {k.replace('_', ' ')}"
-        for k in ("non_utf8_lines", "long_lines_truncated", "duplicates")
+        for k in ("non_utf8_lines", "long_lines_truncated", "duplicates", "empty_records")
         if corpus_stats.get(k)
     ]
-    print(
-        f"{cfg.out}: {manifest.num_rows:,} rows in {len(manifest.shards)} shards, status "
-        f"{manifest.status}; {t.get('sentences_per_second', 0):,.0f} sent/s this run"
-        + (f" ({', '.join(notes)})" if notes else ""),
-        file=sys.stderr,
-    )
+    line = f"{cfg.out}: {manifest.num_rows:,} rows in {len(manifest.shards)} shards, status "
+    line += manifest.status
+    if manifest.updated_at != before and t.get("rows_this_run"):  # this run's speed is news
+        line += f"; {t['rows_this_run']:,} rows embedded in this run"
+        line += f" at {t.get('sentences_per_second', 0):,.0f} sent/s"
+        line += f" ({', '.join(notes)})" if notes else ""
+    print(line, file=sys.stderr)
+
+
+def _updated_at(out: Path) -> str | None:
+    from cache.manifest import MANIFEST_NAME, read_manifest
+
+    try:
+        return read_manifest(out / MANIFEST_NAME).updated_at
+    except SraError:
+        return None
 
 
 app.command("embed", epilog=EMBED_EXAMPLE)(
@@ -122,6 +134,7 @@ def sql(
 def verify(cache: Path = typer.Argument(..., help="Cache directory.")) -> None:
     """Recompute every checksum and re-read every shard; exit 1 on any problem."""
     from cache import verify_cache
+    from cache.reader import REPAIR_HINT
 
     report = verify_cache(cache)
     for note in report.notes:
@@ -129,8 +142,19 @@ def verify(cache: Path = typer.Argument(..., help="Cache directory.")) -> None:
     if not report.ok:
         for problem in report.problems:
             print(f"error: {problem}", file=sys.stderr)
+        if any(REPAIR_HINT not in problem for problem in report.problems):
+            print(
+                f"to repair: {REPAIR_HINT} (only what is damaged is written again)", file=sys.stderr
+            )
         raise typer.Exit(1)
-    print(f"{cache}: ok ({report.shards_checked} shards, {report.rows_checked:,} rows verified)")
+    checked = f"{report.shards_checked} shards, {report.rows_checked:,} rows verified"
+    if report.complete:
+        print(f"{cache}: ok ({checked})")
+    else:
+        print(
+            f"{cache}: incomplete (in progress); what is there is ok ({checked}); rerun the "
+            "same `pipeline embed` command to finish it"
+        )
 
 
 def _cell(value: object) -> str:

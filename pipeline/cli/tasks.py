@@ -1,4 +1,5 @@
-"""Task commands: `pipeline finetune`, `pipeline evaluate`, `pipeline teacher-finetune` (GLUE).
+"""Task commands: `pipeline finetune`, `pipeline evaluate`, `pipeline teacher-finetune` (GLUE
+tasks and own tasks alike).
 
 Each is derived from its config (``config_command``): ``student.finetuning.config``,
 ``pipeline.tasks.evaluate`` and ``pipeline.tasks.teacher_finetune`` define the options once.
@@ -38,8 +39,9 @@ COMMANDS = [
         "finetune",
         FinetuneConfig,
         run_finetune,
-        "Fine-tune a student on a GLUE task from its task cache (no teacher loaded).",
-        "Example: pipeline finetune --student runs/sra-minilm --task sst2 "
+        "Fine-tune a student on a task (GLUE or your own) from its task cache; the run "
+        "folder is a model that TaskModel.from_pretrained loads.",
+        "Example: pipeline finetune --student runs/sra-minilm "
         "--cache caches/sst2-minilm --out runs/sst2",
     ),
     (
@@ -48,13 +50,14 @@ COMMANDS = [
         run_evaluate,
         "Fine-tune every row x task x seed (reusing finished runs) and print the table.",
         "Example: pipeline evaluate --student runs/sra-minilm --tasks sst2,mrpc,rte,cola,"
-        "stsb --seeds 3 --glue-dir ../shared/data/glue",
+        "stsb,task:data/tickets --seeds 3 --glue-dir ../shared/data/glue",
     ),
     (
         "teacher-finetune",
         TeacherFinetuneConfig,
         run_teacher_finetune,
-        "Fine-tune the teacher on a GLUE task: a model folder whose logits stage one can cache.",
+        "Fine-tune the teacher on a task (GLUE or task:PATH): a model folder whose logits "
+        "stage one can cache.",
         "Example: pipeline teacher-finetune --task sst2 --out teachers/sst2-minilm "
         "--glue-dir ../shared/data/glue",
     ),

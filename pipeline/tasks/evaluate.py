@@ -1,5 +1,9 @@
 """`pipeline evaluate`: every comparison row, task and seed, fine-tuned from task caches.
 
+Tasks are GLUE presets (``sst2``) or a user's own (``task:PATH``, a folder of train/dev[/test]
+files read with the default columns: text, text_pair, label; see docs/tasks.md), side by side
+in one table.
+
 Rows (what each shows):
 
 1. ``sra``: the SRA-distilled student, fine-tuned (encoder and MLP head);
@@ -21,11 +25,14 @@ task cache of its logits on the training examples plus augmented variants (found
    fine-tuned teacher's logits on the augmented transfer set (Tang et al., 2019);
 6. ``sra-tsd``: the same, starting from the SRA-distilled student (the paper's combined
    setting);
-7. ``teacher-ft``: the fine-tuned teacher itself, scored from its cached dev logits.
+7. ``teacher-ft``: the fine-tuned teacher itself, one per seed (seed 0 under
+   ``--teachers/TASK-minilm``, seed N under ``TASK-minilm-seedN``), scored by its dev metrics.
 
 Each (task, row, seed) is one `finetune` run under OUT/TASK/ROW/seedN; finished runs are
-reused, so an interrupted evaluation resumes where it stopped. Missing task caches are built
-with stage one from the GLUE folder (or the hub) with the student's own teacher.
+reused, so an interrupted evaluation resumes where it stopped, and rows that do not depend on
+``--student`` (scratch, teacher-frozen, tang, teacher-ft) are reused by an evaluation of
+another student. Missing task caches are built with stage one (GLUE from the GLUE folder or
+the hub; own tasks from their folder) with the student's own teacher.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from cache.errors import SraError
 from cache.options import option
 from cache.task_data import TASK_NAME, read_task
 from cache.tasks import TaskSpec, get_task
+from pipeline.tasks.own import is_own_task
 from student.runs.options import RunOptions
 
 ROWS: dict[str, str] = {
@@ -59,7 +67,8 @@ DISTILLED_TRAINED = ("sra", "sra-coop", "sra-tsd")  # rows that fine-tune the di
 AUGMENT_TARGET = 12_000  # augmented examples per task by default (at least 1 per example)
 DEFAULT_ROWS = ("sra", "scratch", "sra-frozen", "teacher-frozen")
 DEFAULT_TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
-PERCENT = ("accuracy", "f1")  # shown x100, as GLUE tables do; correlations stay in [-1, 1]
+# Shown x100, as GLUE tables do; correlations (and MCC) stay in [-1, 1].
+PERCENT = ("accuracy", "f1", "macro_f1", "micro_f1")
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,9 @@ class EvaluateConfig:
     """Everything `pipeline evaluate` takes; its fields are the command's options."""
 
     student: str = option(MISSING, "The distilled student folder (pipeline train --out).")
-    tasks: tuple[str, ...] = option(DEFAULT_TASKS, "Comma list of GLUE tasks.")
+    tasks: tuple[str, ...] = option(
+        DEFAULT_TASKS, "Comma list of GLUE tasks and own tasks (task:PATH, a folder of files)."
+    )
     seeds: int = option(3, "Seeds per task and row (mean ± std).")
     rows: tuple[str, ...] = option(
         DEFAULT_ROWS,
@@ -99,15 +110,58 @@ class EvaluateConfig:
         for name in ("caches", "out", "teachers"):
             object.__setattr__(self, name, Path(getattr(self, name)))
         for task in self.tasks:
+            if is_own_task(task):
+                if not task.strip()[len("task:") :].strip():
+                    raise SraError(f"--tasks {task}: name the task's folder, task:PATH")
+                continue
             try:
                 get_task(task)
             except ValueError as e:
-                raise SraError(str(e)) from None
+                raise SraError(f"{e}, or task:PATH for your own data") from None
         unknown = [r for r in self.rows if r not in ROWS]
         if unknown or not self.rows:
             raise SraError(f"--rows takes {', '.join(ROWS)} (got {', '.join(unknown) or 'none'})")
         if self.seeds < 1:
             raise SraError(f"--seeds must be >= 1, got {self.seeds}")
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One entry of --tasks, resolved: the task, and the corpus stage one embeds it from."""
+
+    spec: str  # as given: "sst2" or "task:data/trec"
+    task: TaskSpec
+    source: dict[str, Any] | None = None  # own tasks: the data's identity (files, reading)
+
+    @property
+    def own(self) -> bool:
+        return self.source is not None
+
+    @property
+    def corpus(self) -> str:
+        return self.spec.strip() if self.own else f"glue:{self.task.name}"
+
+
+def resolve_tasks(specs: tuple[str, ...]) -> list[EvalTask]:
+    """Each --tasks entry as an EvalTask; own tasks are read (and checked) now, so a bad file
+    is one line before anything runs. Two tasks of one name would share run folders: refused."""
+    from pipeline.tasks.corpus import load_task_corpus
+
+    tasks = []
+    for spec in specs:
+        if is_own_task(spec):
+            corpus = load_task_corpus(spec.strip())
+            tasks.append(EvalTask(spec, corpus.task, corpus.source))
+        else:
+            tasks.append(EvalTask(spec, get_task(spec)))
+    names = [t.task.name for t in tasks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SraError(
+            f"--tasks names task {twice[0]!r} twice (own tasks are named after their folder); "
+            "give each task its own folder name"
+        )
+    return tasks
 
 
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -116,20 +170,20 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     from student.finetuning.config import FinetuneConfig
     from student.finetuning.loop import finetune
 
-    tasks = [get_task(t) for t in cfg.tasks]
+    tasks = resolve_tasks(cfg.tasks)
     teacher = StudentEncoder.from_pretrained(cfg.student).config.teacher
     results: dict[str, Any] = {}
-    for task in tasks:
-        cache = _task_cache(task, teacher, cfg)
+    for et in tasks:
+        task = et.task
+        cache = _task_cache(et, teacher, cfg)
         ft_cache = None
-        if any(r in TASK_SPECIFIC for r in cfg.rows):
-            ft_cache = _finetuned_cache(task, teacher, cache, cfg)
+        if "tang" in cfg.rows or "sra-tsd" in cfg.rows:
+            ft_cache = _finetuned_cache(et, teacher, cache, cfg)
         results[task.name] = {}
         for row in cfg.rows:
             if row == "teacher-ft":
-                assert ft_cache is not None
-                scores = _teacher_scores(task, ft_cache)
-                results[task.name][row] = {m: [scores[m]] for m in task.metrics}
+                scores = [_teacher_metrics(et, teacher, seed, cfg) for seed in range(cfg.seeds)]
+                results[task.name][row] = {m: [float(s[m]) for s in scores] for m in task.metrics}
                 continue
             runs = []
             for seed in range(cfg.seeds):
@@ -154,9 +208,14 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 print(f"== {task.name} / {row} / seed {seed}", file=sys.stderr)
                 runs.append(finetune(run_cfg))
             results[task.name][row] = {m: [float(r[m]) for r in runs] for m in task.metrics}
-    table = markdown_table(results, tasks, cfg.rows)
+    table = markdown_table(results, [t.task for t in tasks], cfg.rows)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    summary = {"student": cfg.student, "seeds": cfg.seeds, "results": results}
+    summary = {
+        "student": cfg.student,
+        "seeds": cfg.seeds,
+        "tasks": {t.task.name: t.spec for t in tasks},
+        "results": results,
+    }
     if any(r in TASK_SPECIFIC for r in cfg.rows):
         summary["teachers"] = str(cfg.teachers)
     (cfg.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -190,31 +249,54 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def _task_cache(task: TaskSpec, teacher: str, cfg: EvaluateConfig) -> Path:
-    """A cache of this task made by the student's teacher: found under --caches, or built."""
+def _task_cache(et: EvalTask, teacher: str, cfg: EvaluateConfig) -> Path:
+    """A cache of this task made by the student's teacher: found under --caches (an own
+    task's only when made from the same files, read the same way), or built."""
     for candidate in sorted(cfg.caches.glob(f"*/{TASK_NAME}")):
         try:
             cache = open_cache(candidate.parent, checksums=False)
             made_by = str(cache.manifest.config.get("teacher", {}).get("name", ""))
-            if read_task(cache).task.name == task.name and (not teacher or made_by == teacher):
-                return candidate.parent
+            if read_task(cache).task.name != et.task.name or (teacher and made_by != teacher):
+                continue
+            if et.own and not _same_data(cache.manifest.config.get("corpus", {}), et.source):
+                continue
+            return candidate.parent
         except CacheError:
             continue
     from pipeline.embedding import EmbedConfig
     from pipeline.tasks.corpus import TaskOptions, embed_task
 
-    out = cfg.caches / f"{task.name}-{_slug(teacher)}"
+    out = cfg.caches / f"{et.task.name}-{_slug(teacher)}"
+    if et.own and (out / "manifest.json").is_file():
+        raise SraError(
+            f"{out} holds a cache of other {et.task.name} data (or read otherwise); delete it "
+            "or pass another --caches"
+        )
     print(f"building the task cache {out} (stage one, teacher {teacher})", file=sys.stderr)
     embed_task(
         EmbedConfig(
-            corpus=f"glue:{task.name}",
+            corpus=et.corpus,
             out=out,
             teacher=teacher or None,  # the default name resolves to the packaged copy
             progress=cfg.progress,
         ),
-        TaskOptions(glue_dir=cfg.glue_dir),
+        TaskOptions(glue_dir=None if et.own else cfg.glue_dir),
     )
     return out
+
+
+def _same_data(corpus: dict[str, Any], source: dict[str, Any] | None) -> bool:
+    """Whether a cache's corpus is this own task's data: the same files (by content) read
+    with the same options."""
+    made = corpus.get("task") if isinstance(corpus, dict) else None
+    if not isinstance(made, dict) or source is None:
+        return False
+    keys = ("task", "files", "read", "dataset", "config", "content_sha256")
+    return all(_json(made.get(k)) == _json(source.get(k)) for k in keys)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def augment_copies(train_examples: int, augment: int | None) -> int:
@@ -224,31 +306,61 @@ def augment_copies(train_examples: int, augment: int | None) -> int:
     return max(1, min(20, AUGMENT_TARGET // max(1, train_examples)))
 
 
-def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateConfig) -> Path:
-    """The task cache of a teacher fine-tuned on the task: its logits on train, dev and the
-    augmented examples. The fine-tuned teacher is made first when --teachers lacks it."""
-    from pipeline.embedding import EmbedConfig
-    from pipeline.tasks.augment import AugmentConfig
-    from pipeline.tasks.corpus import TaskOptions, embed_task
-    from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
-    from pipeline.teacher import weights_sha256
+def teacher_folder(et: EvalTask, teacher: str, seed: int, cfg: EvaluateConfig) -> Path:
+    """Where the teacher fine-tuned on this task with this seed lives: TASK-minilm (seed 0,
+    the folder every earlier evaluation made), TASK-minilm-seedN."""
+    name = f"{et.task.name}-{_slug(teacher)}"
+    return cfg.teachers / (name if seed == 0 else f"{name}-seed{seed}")
 
-    folder = cfg.teachers / f"{task.name}-{_slug(teacher)}"
+
+def _teacher(et: EvalTask, teacher: str, seed: int, cfg: EvaluateConfig) -> Path:
+    """The fine-tuned teacher of this task and seed: found, or made by teacher-finetune."""
+    from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig, teacher_finetune
+
+    folder = teacher_folder(et, teacher, seed, cfg)
     if not (folder / "metrics.json").is_file():
-        print(f"fine-tuning the teacher on {task.name} into {folder}", file=sys.stderr)
+        print(
+            f"fine-tuning the teacher on {et.task.name} (seed {seed}) into {folder}",
+            file=sys.stderr,
+        )
         teacher_finetune(
             TeacherFinetuneConfig(
-                task=task.name,
+                task=et.spec.strip() if et.own else et.task.name,
                 out=folder,
                 teacher=teacher or None,
-                glue_dir=cfg.glue_dir,
+                glue_dir=None if et.own else cfg.glue_dir,
+                seed=seed,
                 run=RunOptions(progress=cfg.progress),
             )
         )
+    return folder
+
+
+def _teacher_metrics(et: EvalTask, teacher: str, seed: int, cfg: EvaluateConfig) -> dict[str, Any]:
+    """The fine-tuned teacher's dev metrics (its metrics.json: the best epoch on dev, selected
+    as every student row is)."""
+    folder = _teacher(et, teacher, seed, cfg)
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SraError(
+            f"{folder / 'metrics.json'} is unreadable ({e}); fine-tune it again"
+        ) from None
+
+
+def _finetuned_cache(et: EvalTask, teacher: str, plain: Path, cfg: EvaluateConfig) -> Path:
+    """The task cache of a teacher fine-tuned on the task (seed 0): its logits on train, dev
+    and the augmented examples. The fine-tuned teacher is made first when --teachers lacks it."""
+    from pipeline.embedding import EmbedConfig
+    from pipeline.tasks.augment import AugmentConfig
+    from pipeline.tasks.corpus import TaskOptions, embed_task
+    from pipeline.teacher import weights_sha256
+
+    folder = _teacher(et, teacher, 0, cfg)
     copies = augment_copies(
         read_task(open_cache(plain, checksums=False)).splits["train"], cfg.augment
     )
-    out = cfg.caches / f"{task.name}-{folder.name}-aug{copies}"
+    out = cfg.caches / f"{et.task.name}-{folder.name}-aug{copies}"
     try:
         found = open_cache(out, checksums=False)
     except CacheError:
@@ -269,26 +381,14 @@ def _finetuned_cache(task: TaskSpec, teacher: str, plain: Path, cfg: EvaluateCon
         file=sys.stderr,
     )
     embed_task(
-        EmbedConfig(
-            corpus=f"glue:{task.name}", out=out, teacher=str(folder), progress=cfg.progress
+        EmbedConfig(corpus=et.corpus, out=out, teacher=str(folder), progress=cfg.progress),
+        TaskOptions(
+            glue_dir=None if et.own else cfg.glue_dir,
+            logits=True,
+            augment=AugmentConfig(copies=copies),
         ),
-        TaskOptions(glue_dir=cfg.glue_dir, logits=True, augment=AugmentConfig(copies=copies)),
     )
     return out
-
-
-def _teacher_scores(task: TaskSpec, cache: Path) -> dict[str, float]:
-    """The fine-tuned teacher's dev metrics, from the logits stage one cached: no teacher run."""
-    from cache.task_data import read_examples, read_logits
-    from cache.tasks import dev_splits
-    from student.finetuning.metrics import task_scores
-
-    opened = open_cache(cache)
-    split = dev_splits(task)[0]
-    logits = read_logits(opened, split)
-    predictions = logits[:, 0] if task.is_regression else logits.argmax(-1)
-    labels = read_examples(opened, split).column("label").to_numpy()
-    return task_scores(task, predictions, labels)
 
 
 def _slug(teacher: str) -> str:

@@ -1,4 +1,9 @@
-"""`pipeline teacher-finetune`: fine-tune the teacher on a GLUE task (task-specific distillation).
+"""`pipeline teacher-finetune`: fine-tune the teacher on a task (task-specific distillation).
+
+The task is a GLUE preset (``--task sst2``) or a user's own (``--task task:data/tickets``, read
+with the same options as ``pipeline embed --corpus task:...``). The head follows the task's
+problem: one output per class (cross-entropy), one per label (multi-label: BCE on each), or
+one output trained on the raw score (regression, MSE; the student scales it, not the teacher).
 
 The result is a standard Hugging Face model folder (``save_pretrained``: ``config.json``,
 ``model.safetensors``, the tokenizer) with a sequence-classification head, which
@@ -29,6 +34,7 @@ from cache.errors import SraError
 from cache.files import write_atomic
 from cache.options import internal, nested, option, option_values
 from cache.tasks import TaskSpec, dev_splits, get_task
+from pipeline.tasks.own import TaskDataOptions, is_own_task
 from student.runs.checkpoint import (
     json_bytes,
     optimizer_files,
@@ -66,7 +72,11 @@ class TeacherOptim(OptimConfig):
 class TeacherFinetuneConfig:
     """Everything `pipeline teacher-finetune` takes; its fields are the command's options."""
 
-    task: str = option(MISSING, "GLUE task: sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte.")
+    task: str = option(
+        MISSING,
+        "GLUE task (sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte) or an own task: task:PATH "
+        "(a folder of train/dev files), or task with --train/--dev.",
+    )
     out: Path = option(MISSING, "Model folder to write (save_pretrained, safetensors).")
     teacher: str | None = option(
         None, "HF BERT-family name or folder (default: the packaged all-MiniLM-L6-v2)."
@@ -80,15 +90,25 @@ class TeacherFinetuneConfig:
     seed: int = option(0, "Seed for the head and batch order.")
     save_every: int = option(500, "Steps between mid-epoch checkpoints.")
     trust_remote_code: bool = option(False, "Allow custom model code from the hub.")
+    data: TaskDataOptions = nested(TaskDataOptions)
     optim: TeacherOptim = nested(TeacherOptim)
     run: RunOptions = nested(RunOptions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-        try:
-            get_task(self.task)
-        except ValueError as e:
-            raise SraError(str(e)) from None
+        if self.own_task:
+            if self.glue_dir is not None:
+                raise SraError(f"--glue-dir reads GLUE tasks; --task {self.task} is your own")
+        else:
+            try:
+                get_task(self.task)
+            except ValueError as e:
+                raise SraError(f"{e}, or task:PATH for your own data") from None
+            if self.data.given():
+                raise SraError(
+                    f"{', '.join(self.data.given())} read an own task (--task task:PATH); "
+                    f"{self.task} is a GLUE task with its own columns and labels"
+                )
         if self.epochs is not None and self.epochs < 1:
             raise SraError(f"--epochs must be >= 1, got {self.epochs}")
         for name in ("batch_size", "save_every"):
@@ -99,8 +119,18 @@ class TeacherFinetuneConfig:
         if self.max_length < 2:
             raise SraError(f"--max-length must be >= 2, got {self.max_length}")
 
-    def identity(self, task: TaskSpec) -> dict[str, Any]:
-        """What decides the model: the options as every earlier version recorded them."""
+    @property
+    def own_task(self) -> bool:
+        return is_own_task(self.task)
+
+    @property
+    def corpus(self) -> str:
+        """The task as a stage-one corpus: ``glue:NAME`` or the own task as given."""
+        return self.task if self.own_task else f"glue:{self.task}"
+
+    def identity(self, task: TaskSpec, source: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What decides the model: the options as every earlier version recorded them, and
+        for an own task its data (``source``: the files' sha256 and how they were read)."""
         from pipeline.teacher import resolve_teacher
 
         o = self.optim
@@ -126,6 +156,8 @@ class TeacherFinetuneConfig:
         for key in ("decay", "min_lr_ratio", "grad_clip"):
             if getattr(o, key) != getattr(defaults, key):
                 identity[key] = getattr(o, key)
+        if self.own_task:
+            identity["data"] = source
         return identity
 
 
@@ -157,11 +189,15 @@ def teacher_finetune(cfg: TeacherFinetuneConfig) -> dict[str, Any]:
         score,
     )
 
-    corpus = load_task_corpus(f"glue:{cfg.task}", cfg.glue_dir)
+    corpus = load_task_corpus(cfg.corpus, cfg.glue_dir, cfg.data)
     task = corpus.task
     dev = dev_splits(task)[0]
     run = RunFolder(cfg.out, TEACHER_RUN)
-    start = run.prepare(cfg.identity(task), options=option_values(cfg), overwrite=cfg.run.overwrite)
+    start = run.prepare(
+        cfg.identity(task, corpus.source),
+        options=option_values(cfg),
+        overwrite=cfg.run.overwrite,
+    )
     if start.done:
         return _read_metrics(cfg.out)
     device = resolve_device(cfg.run.device)

@@ -14,7 +14,7 @@ import torch
 from cache.errors import SraError
 from cache.files import fsync_dir
 from cache.tasks import TaskSpec
-from pipeline.tasks.glue import Example
+from pipeline.tasks.examples import Example
 from student.finetuning.data import length_batches
 from student.finetuning.metrics import task_scores
 from student.runtime import autocast
@@ -30,8 +30,7 @@ class Encoded:
         self.ids: list[list[int]] = enc["input_ids"]
         self.types: list[list[int]] = enc.get("token_type_ids") or [[0] * len(x) for x in self.ids]
         self.lengths = np.array([len(x) for x in self.ids])
-        dtype = np.float32 if task.is_regression else np.int64
-        self.labels = np.array([e.label if e.label is not None else -1 for e in examples], dtype)
+        self.labels = example_targets(examples, task)
         self.pad_id = int(tokenizer.pad_token_id or 0)
 
     def __len__(self) -> int:
@@ -61,6 +60,32 @@ class Encoded:
         return out
 
 
+def example_targets(examples: list[Example], task: TaskSpec) -> np.ndarray:
+    """What the classifier's loss compares with, by problem: class indices (int64, -1
+    withheld), raw scores (float32; the teacher learns the task's own scale) or multi-hot rows
+    (float32 ``[n, labels]``, as BCE-with-logits takes them; -1 rows withheld)."""
+    if task.is_multilabel:
+        hot = np.zeros((len(examples), task.num_labels), np.float32)
+        for row, e in enumerate(examples):
+            if e.label is None:
+                hot[row] = -1
+            else:
+                hot[row, list(e.label)] = 1  # type: ignore[arg-type]
+        return hot
+    dtype = np.float32 if task.is_regression else np.int64
+    return np.array([e.label if e.label is not None else -1 for e in examples], dtype)
+
+
+def logit_predictions(task: TaskSpec, logits: np.ndarray) -> np.ndarray:
+    """A classifier's outputs read as predictions: the score (regression), the multi-hot rows
+    of labels whose logit is positive (multilabel), else the top class."""
+    if task.is_regression:
+        return logits[:, 0]
+    if task.is_multilabel:
+        return (logits > 0).astype(np.int8)
+    return logits.argmax(-1)
+
+
 def score(
     model: Any, data: Encoded, task: TaskSpec, device: torch.device, bf16: bool
 ) -> tuple[dict[str, float], np.ndarray]:
@@ -73,8 +98,8 @@ def score(
                 outputs = model(**data.inputs(rows, device, labels=False))
                 logits[rows] = outputs.logits.float().cpu()
     model.train(was_training)
-    predictions = logits[:, 0] if task.is_regression else logits.argmax(-1)
-    return task_scores(task, predictions, data.labels), logits
+    gold = data.labels.astype(np.int8) if task.is_multilabel else data.labels
+    return task_scores(task, logit_predictions(task, logits), gold), logits
 
 
 # ---------------------------------------------------------------------------- the model
@@ -83,10 +108,12 @@ def score(
 def load_model(
     teacher: str | None, task: TaskSpec, trust_remote_code: bool = False
 ) -> tuple[Any, Any]:
-    """The encoder plus a fresh classification (or regression) head sized for the task."""
+    """The encoder plus a fresh head sized for the task: one output per class or label, or
+    one for regression, with the transformers ``problem_type`` that picks its loss."""
     import transformers
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from pipeline.tasks.logits import PROBLEM_TYPES
     from pipeline.teacher import check_encoder, load_error_message, resolve_teacher
 
     transformers.utils.logging.set_verbosity_error()
@@ -100,7 +127,7 @@ def load_model(
             num_labels=task.num_labels,
             id2label=dict(enumerate(labels)),
             label2id={v: i for i, v in enumerate(labels)},
-            problem_type="regression" if task.is_regression else "single_label_classification",
+            problem_type=PROBLEM_TYPES[task.problem],
             trust_remote_code=trust_remote_code,
         )
         # A teacher already fine-tuned on another task is an intermediate-task start

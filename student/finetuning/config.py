@@ -10,7 +10,7 @@ from typing import Any
 
 from cache.errors import SraError
 from cache.options import internal, nested, option
-from cache.tasks import TaskSpec, get_task
+from cache.tasks import TaskSpec
 from student.runs.options import OptimConfig, RunOptions
 
 SCRATCH, TEACHER = "scratch", "teacher"  # --student: a fresh default student | frozen vectors
@@ -37,9 +37,15 @@ class FinetuneConfig:
     student: str = option(
         MISSING, "Student folder (pipeline train --out) | scratch | teacher (frozen vectors)."
     )
-    task: str = option(MISSING, "GLUE task: sst2, cola, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
-    cache: Path = option(MISSING, "Task cache (pipeline embed --corpus glue:TASK).")
-    out: Path = option(MISSING, "Run folder: metrics.json, predictions, the model.")
+    cache: Path = option(
+        MISSING, "Task cache (pipeline embed --corpus glue:TASK or --corpus task:PATH)."
+    )
+    out: Path = option(
+        MISSING, "Run folder: metrics, predictions, and the model (TaskModel.from_pretrained)."
+    )
+    task: str | None = option(
+        None, "The task, checked against the cache's (default: the task the cache holds)."
+    )
     epochs: int | None = option(
         None, "Passes over the training split (default: 3, up to 10 on small tasks: ~600 steps)."
     )
@@ -80,7 +86,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache", Path(self.cache))
         object.__setattr__(self, "out", Path(self.out))
-        task = self.task_spec  # an unknown task is one line
+        if self.task is not None and not str(self.task).strip():
+            raise SraError("--task must not be empty (leave it out to use the cache's task)")
         if self.epochs is not None and self.epochs < 1:
             raise SraError(f"--epochs must be >= 1, got {self.epochs}")
         for name in ("batch_size", "head_hidden"):
@@ -114,19 +121,15 @@ class FinetuneConfig:
         # Combinations: each names the options that clash.
         if self.distill_weight <= 0 and self.label_weight <= 0:
             raise SraError("--label-weight and --distill-weight are both 0: nothing to learn")
-        if self.distill_loss == "kl" and task.is_regression:
-            raise SraError("--distill-loss kl needs classes; use mse for a regression task")
         if self.distill_loss == "kl" and not self.temperature > 0:
             raise SraError("--temperature must be > 0 with --distill-loss kl")
         if self.sra_weight > 0 and self.frozen:
             raise SraError("--sra-weight needs a trainable encoder (not frozen, not teacher)")
 
-    @property
-    def task_spec(self) -> TaskSpec:
-        try:
-            return get_task(self.task)
-        except ValueError as e:
-            raise SraError(str(e)) from None
+    def check_task(self, task: TaskSpec) -> None:
+        """The options that depend on the task, once the cache has said which it is."""
+        if self.distill_loss == "kl" and task.is_regression:
+            raise SraError("--distill-loss kl needs classes; use mse for a regression task")
 
     @property
     def frozen(self) -> bool:
@@ -136,13 +139,14 @@ class FinetuneConfig:
     def head_kind(self) -> str:
         return self.head or ("linear" if self.frozen else "mlp")
 
-    def identity(self, *, cache: str, student_weights: str) -> dict[str, Any]:
+    def identity(self, *, task: str, cache: str, student_weights: str) -> dict[str, Any]:
         """What decides the result: the options (as every earlier version wrote them), the
-        student's weights (a hash, or scratch / teacher) and the task cache's fingerprint."""
+        student's weights (a hash, or scratch / teacher) and the task cache's fingerprint.
+        ``task`` is the cache's task name, unless --task spelled it (as runs always did)."""
         o = self.optim
         options: dict[str, Any] = {
             "student": self.student,
-            "task": self.task,
+            "task": self.task if self.task is not None else task,
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "lr": o.lr,

@@ -51,16 +51,24 @@ class TaskHead(nn.Module):
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t: float) -> torch.Tensor:
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, kind: str, t: float, multilabel: bool = False
+) -> torch.Tensor:
     """The student's outputs against a fine-tuned teacher's.
 
     ``mse``: squared error on the logits themselves, as Tang et al. (2019) found best for a
     BiLSTM student (it keeps the teacher's confidence, which softmax targets flatten).
     ``kl``: KL(teacher || student) of the temperature-softened distributions, scaled by T^2 so
-    its gradients keep their size as T changes (Hinton et al., 2015).
+    its gradients keep their size as T changes (Hinton et al., 2015). For a multi-label head
+    each label is its own yes/no distribution (sigmoid): binary cross-entropy to the teacher's
+    softened probabilities, which differs from that KL by the teacher's entropy only (the
+    same gradients), averaged over labels.
     """
     if kind == "mse":
         return F.mse_loss(student, teacher)
+    if kind == "kl" and multilabel:
+        target = torch.sigmoid(teacher / t)
+        return F.binary_cross_entropy_with_logits(student / t, target) * t * t
     if kind == "kl":
         log_p = F.log_softmax(student / t, dim=-1)
         q = F.softmax(teacher / t, dim=-1)
@@ -68,7 +76,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, t: flo
     raise ValueError(f"distill loss must be one of {', '.join(DISTILL_LOSSES)}, got {kind!r}")
 
 
-class TaskModel(nn.Module):
+class FinetuneModel(nn.Module):
     """The encoder (None for the teacher's cached vectors) and the task head."""
 
     def __init__(self, encoder: BiLSTMEncoder | None, head: TaskHead) -> None:
@@ -105,7 +113,7 @@ class TaskModel(nn.Module):
 
 @torch.inference_mode()
 def frozen_features(
-    model: TaskModel,
+    model: FinetuneModel,
     sentences: Sentences,
     ids: np.ndarray,
     pad: int,

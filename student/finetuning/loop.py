@@ -1,14 +1,20 @@
-"""Fine-tune a student (or a fresh one, or the teacher's frozen vectors) on a GLUE task.
+"""Fine-tune a student (or a fresh one, or the teacher's frozen vectors) on a task: a GLUE
+preset or a user's own (classification, multi-label or regression).
 
-Reads only a task cache (``pipeline embed --corpus glue:TASK``): token ids, labels and the
-teacher's vectors of the task's own sentences. No teacher is loaded. ``finetune`` reads top
-to bottom:
+Reads only a task cache (``pipeline embed --corpus glue:TASK`` or ``--corpus task:PATH``):
+token ids, labels and the teacher's vectors of the task's own sentences. No teacher is
+loaded. ``finetune`` reads top to bottom:
 
     task cache  the task, its splits, the student (checked against the cache)
     run folder  done already? resume? refuse? (student.runs.folder: one rule for every command)
-    model       TaskModel (encoder + head), dense AdamW + SparseAdam, the schedule
+    model       FinetuneModel (encoder + head), dense AdamW + SparseAdam, the schedule
     epochs      batches of similar length; loss = labels + logits + SRA; dev after each epoch
-    outputs     the best (or last) epoch's predictions, metrics, encoder and head
+    outputs     the best (or last) epoch's predictions, metrics, encoder and head; the folder
+                becomes a model ``TaskModel.from_pretrained`` loads, with its card and speed
+
+The loss by problem: classification, cross-entropy (softmax); multi-label, binary
+cross-entropy with logits on each label (a label is predicted when its logit is above 0);
+regression, MSE on the score mapped to [0, 1] (``TaskSpec.to_unit``; predictions map back).
 
 The run folder OUT ends up holding ``finetune.json`` (the run: options, identity, status,
 head), ``metrics.jsonl`` (per-epoch training loss and dev metrics) and what ``outputs.py``
@@ -29,12 +35,13 @@ import torch.nn.functional as F
 
 from cache import Cache, open_cache
 from cache.errors import SraError
-from cache.files import sha256_file
+from cache.files import sha256_file, write_atomic
 from cache.options import option_values
-from cache.task_data import AUGMENTED, read_logits, read_task
-from cache.tasks import STSB_MAX, TaskSpec, dev_splits
+from cache.task_data import AUGMENTED, read_logits, read_task, rebuild_hint
+from cache.tasks import TaskSpec, dev_splits, same_task
 from student.config import StudentShape
 from student.encoder import StudentEncoder
+from student.finetuning.card import measure_speed, model_card
 from student.finetuning.config import SCRATCH, TEACHER, FinetuneConfig
 from student.finetuning.data import (
     Examples,
@@ -43,14 +50,16 @@ from student.finetuning.data import (
     example_batches,
     load_examples,
     load_sentences,
+    load_texts,
     sentence_ids,
 )
-from student.finetuning.head import TaskHead, TaskModel, distill_loss, frozen_features
+from student.finetuning.head import FinetuneModel, TaskHead, distill_loss, frozen_features
 from student.finetuning.optim import DenseAndSparse
 from student.finetuning.outputs import (
     ENCODER_DIR,
     HEAD_FILE,
     METRICS_JSON,
+    TASK_MODEL_FILE,
     predict,
     read_metrics,
     save_outputs,
@@ -62,6 +71,7 @@ from student.runs.folder import RunFolder, RunKind
 from student.runs.progress import Progress
 from student.runs.schedule import lr_at
 from student.runtime import autocast, resolve_bf16, resolve_device
+from student.task_model import CARD_FILE, task_model_info
 from student.training.setup import cache_tokenizer, student_config
 
 
@@ -76,7 +86,7 @@ FINETUNE_RUN = RunKind(
     name="finetune",
     run_file="finetune.json",
     format="sra-finetune-run",
-    outputs=(METRICS_JSON, "predictions-*.tsv", ENCODER_DIR, HEAD_FILE),
+    outputs=(METRICS_JSON, "predictions-*.tsv", ENCODER_DIR, HEAD_FILE, TASK_MODEL_FILE, CARD_FILE),
     legacy=_legacy,
 )
 
@@ -90,18 +100,20 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     cache = open_cache(cfg.cache)
     task_data = read_task(cache)
     task = task_data.task
-    if task.name != cfg.task_spec.name:
+    if cfg.task is not None and not same_task(cfg.task, task):
         raise SraError(
-            f"--task {cfg.task} but {cfg.cache} holds {task.name}; build a cache with "
-            f"`pipeline embed --corpus glue:{cfg.task_spec.name}`"
+            f"--task {cfg.task} but {cfg.cache} holds {task.name}; leave --task out to use the "
+            f"cache's task, or build a cache of {cfg.task} (pipeline embed --corpus glue:TASK "
+            "or task:PATH)"
         )
+    cfg.check_task(task)
     splits = [s for s in task_data.splits if s != AUGMENTED]
     evals = list(dev_splits(task))
     for split in ("train", *evals):
         if split not in splits:
             raise SraError(
-                f"task cache {cfg.cache} has no {split!r} split; rebuild it from a GLUE folder "
-                f"that holds {task.folder}/{task.splits[split]}"
+                f"task cache {cfg.cache} has no {split!r} split; rebuild it with "
+                f"`{rebuild_hint(task)}` from data that holds one"
             )
     encoder = load_student(cfg, cache)
     if encoder is not None and cfg.encoder_dropout is not None:
@@ -131,7 +143,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     # -- the run folder: finished, resume, or refuse --------------------------------------
     identity = cfg.identity(
-        cache=cache.manifest.fingerprint, student_weights=student_weights(cfg, encoder)
+        task=task.name,
+        cache=cache.manifest.fingerprint,
+        student_weights=student_weights(cfg, encoder),
     )
     run = RunFolder(cfg.out, FINETUNE_RUN)
     start = run.prepare(
@@ -147,7 +161,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     dim = cache.dim if encoder is None else encoder.config.output_dim
     head = TaskHead(dim, task.pair, task.num_labels, cfg.head_kind, cfg.head_hidden, cfg.dropout)
-    model = TaskModel(encoder.model if encoder is not None else None, head).to(device)
+    model = FinetuneModel(encoder.model if encoder is not None else None, head).to(device)
     pad = encoder.config.pad_id if encoder is not None else 0
     features = None
     if cfg.frozen:  # vectors never change: compute each sentence's once, train the head only
@@ -235,13 +249,16 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     metrics: dict[str, Any] = {}
+    separator = (task_data.columns or {}).get("label_separator") or "|"
     for split in splits:
         if split == "train":
             continue
         scores, predictions = predict(
             model, task, data[split], sentences, features, pad, device, bf16
         )
-        write_predictions(cfg.out / f"predictions-{split}.tsv", task, data[split], predictions)
+        write_predictions(
+            cfg.out / f"predictions-{split}.tsv", task, data[split], predictions, separator
+        )
         if split == evals[0]:
             metrics.update(scores)
         elif split in evals:
@@ -254,16 +271,33 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "student": cfg.student,
     }
-    save_outputs(cfg.out, model, encoder, metrics)
-    run.finish(
-        head={
-            "kind": cfg.head_kind,
-            "hidden": cfg.head_hidden,
-            "pair": task.pair,
-            "outputs": task.num_labels,
-            "labels": task.labels,
-        }
+    head = {
+        "kind": cfg.head_kind,
+        "hidden": cfg.head_hidden,
+        "pair": task.pair,
+        "outputs": task.num_labels,
+    }
+    sizes = {s: len(data[s]) for s in splits}
+    info = task_model_info(
+        task,
+        head,
+        encoder=encoder is not None,
+        columns=task_data.columns,
+        trained=provenance(cfg, cache, encoder, task_data.logits, sizes),
     )
+    save_outputs(cfg.out, model, encoder, metrics, info)
+    # The folder is now a model: time it as a user loads it, on the dev texts, for its card.
+    speed = None
+    if encoder is not None:
+        dev = data[evals[0]]
+        speed = measure_speed(
+            cfg.out,
+            load_texts(cache, dev.first),
+            None if dev.second is None else load_texts(cache, dev.second),
+        )
+    card = model_card(cfg.out, task, info, metrics, speed)
+    write_atomic(cfg.out / CARD_FILE, card.encode("utf-8"))
+    run.finish(head=head | {"labels": task.labels}, speed=speed)
     if cfg.run.progress:
         print(
             f"{cfg.out}: {task.name} {evals[0]} "
@@ -275,6 +309,30 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 # ================================================================================ the pieces
+
+
+def provenance(
+    cfg: FinetuneConfig,
+    cache: Cache,
+    encoder: StudentEncoder | None,
+    logits: dict | None,
+    sizes: dict[str, int],
+) -> dict[str, Any]:
+    """Where a task model came from, for task_model.json and its card."""
+    corpus = cache.manifest.config.get("corpus", {})
+    made_by = str(cache.manifest.config.get("teacher", {}).get("name", "")) or None
+    return {
+        "student": cfg.student,
+        "teacher": encoder.config.teacher if encoder is not None else made_by,
+        "cache": str(cfg.cache),
+        "cache_fingerprint": cache.manifest.fingerprint,
+        "source": corpus.get("task") if isinstance(corpus, dict) else None,
+        "examples": sizes,
+        "seed": cfg.seed,
+        "frozen": cfg.frozen,
+        "distill_weight": cfg.distill_weight,
+        "logits_teacher": (logits or {}).get("teacher") if cfg.distill_weight > 0 else None,
+    }
 
 
 def task_loss(
@@ -291,24 +349,34 @@ def task_loss(
     labels, a fine-tuned teacher's logits, and the teacher's sentence vectors (SRA)."""
     device = out.device
     loss = out.new_zeros(())
+    if not task.is_regression:  # [batch, labels], even for a multi-label task of one label
+        out = out.reshape(len(rows), -1)
     labels = ex.labels[rows]
-    known = ~np.isnan(labels) if task.is_regression else labels >= 0  # augmented: unlabelled
+    # Rows without a gold label (the augmented transfer set) learn from the teacher only.
+    if task.is_regression:
+        known = ~np.isnan(labels)
+    elif task.is_multilabel:
+        known = (labels >= 0).all(axis=1)
+    else:
+        known = labels >= 0
     if cfg.label_weight > 0 and known.any():
         keep = torch.from_numpy(known).to(device)
         gold = torch.from_numpy(labels[known]).to(device)
         if task.is_regression:
-            # Scores scaled to [0, 1]: MSE on STS-B's 0-5 scale makes gradients 25x larger
+            # Scores mapped to [0, 1]: MSE on STS-B's 0-5 scale makes gradients 25x larger
             # than cross-entropy's and trains far worse at the same learning rate.
-            label_loss = F.mse_loss(out[keep], gold.float() / STSB_MAX)
+            label_loss = F.mse_loss(out[keep], task.to_unit(gold.float()))
+        elif task.is_multilabel:
+            label_loss = F.binary_cross_entropy_with_logits(out[keep], gold.float())
         else:
             label_loss = F.cross_entropy(out[keep], gold)
         loss = loss + cfg.label_weight * label_loss
     if teacher_logits is not None:
         target = torch.from_numpy(teacher_logits[rows]).to(device)
-        if task.is_regression:  # the teacher predicts the 0-5 score; the head, score / 5
-            target = target[:, 0] / STSB_MAX
+        if task.is_regression:  # the teacher predicts the raw score; the head, its unit form
+            target = task.to_unit(target[:, 0])
         loss = loss + cfg.distill_weight * distill_loss(
-            out, target, cfg.distill_loss, cfg.temperature
+            out, target, cfg.distill_loss, cfg.temperature, multilabel=task.is_multilabel
         )
     if cfg.sra_weight > 0 and not cfg.frozen:
         # Keep approximating the teacher on the task's own sentences (cosine: the student may

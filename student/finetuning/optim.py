@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from student.finetuning.head import TaskModel
+from student.finetuning.head import FinetuneModel
 from student.runs.options import OptimConfig
 
 
@@ -22,7 +22,7 @@ class DenseAndSparse:
     ``--encoder-lr`` is the encoder's peak and ``--lr`` the head's.
     """
 
-    def __init__(self, model: TaskModel, optim: OptimConfig, encoder_lr: float | None) -> None:
+    def __init__(self, model: FinetuneModel, optim: OptimConfig, encoder_lr: float | None) -> None:
         embedding = model.encoder.embedding if model.encoder is not None else None
         sparse = embedding is not None and embedding.weight.requires_grad
         if sparse:

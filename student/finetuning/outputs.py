@@ -1,9 +1,11 @@
 """What a fine-tuning run leaves in its folder, and the scores it reports.
 
-metrics.json              dev metrics under their GLUE names (accuracy, f1, mcc, ...)
+metrics.json              dev metrics under their names (accuracy, f1, mcc, macro_f1, ...)
 predictions-SPLIT.tsv     index<TAB>prediction for dev (and test where it exists)
 encoder/                  the fine-tuned StudentEncoder (not for --student teacher)
 head.safetensors          the task head, described under "head" in finetune.json
+task_model.json           what makes the folder a loadable model (student/task_model.py)
+README.md                 the model card (student/finetuning/card.py)
 """
 
 from __future__ import annotations
@@ -16,20 +18,27 @@ import numpy as np
 import torch
 
 from cache.files import write_atomic
-from cache.tasks import STSB_MAX, TaskSpec
+from cache.tasks import TaskSpec
 from student.encoder import StudentEncoder
 from student.finetuning.data import Examples, Sentences, example_batches
-from student.finetuning.head import TaskModel
+from student.finetuning.head import FinetuneModel
 from student.finetuning.metrics import task_scores
 from student.runs.checkpoint import tensors_bytes
 from student.runtime import autocast
+from student.task_model import (
+    ENCODER_DIR,
+    HEAD_FILE,
+    TASK_MODEL_FILE,
+    label_names,
+    read_predictions,
+)
 
-METRICS_JSON, HEAD_FILE, ENCODER_DIR = "metrics.json", "head.safetensors", "encoder"
+METRICS_JSON = "metrics.json"
 
 
 @torch.inference_mode()
 def predict(
-    model: TaskModel,
+    model: FinetuneModel,
     task: TaskSpec,
     ex: Examples,
     sentences: Sentences,
@@ -38,36 +47,50 @@ def predict(
     device: torch.device,
     bf16: bool,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """(the task's metrics when ``ex`` is labelled, the predictions: labels or 0-5 scores)."""
+    """(the task's metrics when ``ex`` is labelled, the predictions: class indices, multi-hot
+    rows, or scores on the task's scale; read as a loaded TaskModel reads them)."""
     was_training = model.training
     model.eval()
-    outputs = np.empty((len(ex),) if task.is_regression else (len(ex), task.num_labels), np.float32)
+    outputs = np.empty((len(ex), task.num_labels), np.float32)
     for rows in example_batches(ex, sentences.lengths, 256, None):
         with autocast(device, bf16):
             u, v = model.vectors(ex, rows, sentences, features, pad, device)
-            outputs[rows] = model.head(u, v).float().cpu().numpy()
-    predictions = outputs * STSB_MAX if task.is_regression else outputs.argmax(-1)
+            outputs[rows] = model.head(u, v).float().reshape(len(rows), -1).cpu().numpy()
+    predictions = read_predictions(task, outputs)
     scores = task_scores(task, predictions, ex.labels) if ex.labelled else {}
     model.train(was_training)
     return scores, predictions
 
 
-def write_predictions(path: Path, task: TaskSpec, ex: Examples, predictions: np.ndarray) -> None:
+def write_predictions(
+    path: Path, task: TaskSpec, ex: Examples, predictions: np.ndarray, separator: str = "|"
+) -> None:
+    """``index<TAB>prediction``: a label name, a score, or (multi-label) the predicted label
+    names joined by ``separator`` (empty when none)."""
+    names = label_names(task, predictions)
     if task.labels is None:
-        values = [f"{float(p):.4f}" for p in predictions]
+        values = [f"{p:.4f}" for p in names]
+    elif task.is_multilabel:
+        values = [separator.join(p) for p in names]
     else:
-        values = [task.labels[int(p)] for p in predictions]
+        values = names
     lines = ["index\tprediction"] + [f"{i}\t{v}" for i, v in zip(ex.idx, values, strict=True)]
     write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def save_outputs(
-    out: Path, model: TaskModel, encoder: StudentEncoder | None, metrics: dict[str, Any]
+    out: Path,
+    model: FinetuneModel,
+    encoder: StudentEncoder | None,
+    metrics: dict[str, Any],
+    task_model: dict[str, Any],
 ) -> None:
-    """The encoder (when there is one), the head's weights and metrics.json."""
+    """The encoder (when there is one), the head's weights, task_model.json (after the files
+    it describes) and metrics.json."""
     if encoder is not None:
         encoder.save_pretrained(out / ENCODER_DIR)
     write_atomic(out / HEAD_FILE, tensors_bytes(model.head.state_dict()))
+    write_atomic(out / TASK_MODEL_FILE, (json.dumps(task_model, indent=2) + "\n").encode())
     write_atomic(out / METRICS_JSON, (json.dumps(metrics, indent=2) + "\n").encode())
 
 

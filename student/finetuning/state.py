@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from cache.errors import SraError
-from student.finetuning.head import TaskModel
+from student.finetuning.head import FinetuneModel
 from student.finetuning.optim import DenseAndSparse
 from student.runs.checkpoint import (
     json_bytes,
@@ -37,7 +37,7 @@ class EpochState:
 
 
 def save_checkpoint(
-    run: RunFolder, model: TaskModel, optimizer: DenseAndSparse, state: EpochState
+    run: RunFolder, model: FinetuneModel, optimizer: DenseAndSparse, state: EpochState
 ) -> None:
     saved = [optimizer_files(o) for o in optimizer.all]
     info = {k: v for k, v in asdict(state).items() if k != "best_weights"}
@@ -53,7 +53,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: Path, model: TaskModel, optimizer: DenseAndSparse, device: torch.device
+    folder: Path, model: FinetuneModel, optimizer: DenseAndSparse, device: torch.device
 ) -> EpochState:
     info = read_state(folder)
     try:

@@ -198,6 +198,47 @@ def test_foreign_and_broken_manifests(tmp_path: Path) -> None:
         open_cache(tmp_path / "d")
 
 
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda m: m.update(shards="x"), "field 'shards' should be a list of shard entries"),
+        (lambda m: m.update(config=[]), "field 'config' should be an object, not a list"),
+        (lambda m: m.pop("fingerprint"), "field 'fingerprint' is missing"),
+        (lambda m: m.update(status="done"), "status 'done' is neither"),
+        (lambda m: m["shards"].append(7), "shard entry 3 should be an object, not a number"),
+        (lambda m: m["shards"][0].pop("rows"), "shard entry 0 has no 'rows'"),
+        (lambda m: m["shards"][1].update(rows="6"), "shard entry 1: 'rows' should be int"),
+        (lambda m: m.update(files={"tokenizer.json": 3}), "should map file names to sha256"),
+    ],
+)
+def test_wrong_shaped_manifest_is_one_plain_line(tmp_path: Path, edit, said: str) -> None:  # type: ignore[no-untyped-def]
+    write_cache(tmp_path / "c")
+    edit_manifest(tmp_path / "c", edit)
+    with pytest.raises(CacheError) as info:
+        open_cache(tmp_path / "c")
+    message = str(info.value)
+    assert said in message and "damaged" in message
+    for internal in ("KeyError", "TypeError", "__init__", "Traceback", "{'"):
+        assert internal not in message
+
+
+def test_writer_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    from cache.lock import CacheLock
+
+    with CacheLock(tmp_path / "new") as lock:
+        assert (tmp_path / "new" / "embed.lock").exists() and lock.previous is None
+        with pytest.raises(CacheError, match=r"being written by another run \(pid \d+ on host"):
+            CacheLock(tmp_path / "new").acquire()
+        with CacheLock(tmp_path / "new", rank=1):  # another rank's lock is another file
+            pass
+    assert not (tmp_path / "new").exists()  # created for the lock, left empty: removed
+    write_cache(tmp_path / "c")
+    with CacheLock(tmp_path / "c"):
+        # The lock file is a cache file: a cache with a writer at work is still a cache.
+        assert verify_cache(tmp_path / "c").notes == []
+    assert (tmp_path / "c" / "manifest.json").exists()
+
+
 def test_truncated_shard_is_named(tmp_path: Path) -> None:
     write_cache(tmp_path / "c")
     shard = tmp_path / "c" / "shard-00001.arrow"

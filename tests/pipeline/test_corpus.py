@@ -165,6 +165,39 @@ def test_jsonl_reads_text_field_and_splits_records_into_lines(tmp_path: Path, na
     ]
 
 
+def test_jsonl_lines_are_counted_once_and_empty_records_are_counted(tmp_path: Path) -> None:
+    records = [{"text": "One."}, {"text": None}, {"text": "  "}, {"text": "A.\nB."}, {"text": ""}]
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    paragraphs, stats = read_all(CorpusSpec(str(path)))
+    assert [p.text for p in paragraphs] == ["One.", "A.", "B."]
+    assert stats.lines == 5  # the file's lines, not those plus the lines inside records
+    assert stats.empty_records == 3
+
+
+def test_parquet_null_and_blank_rows_are_counted(tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "r.parquet", {"text": ["Fine.", None, " ", "Also."]})
+    paragraphs, stats = read_all(CorpusSpec(str(path)))
+    assert [p.text for p in paragraphs] == ["Fine.", "Also."] and stats.empty_records == 2
+
+
+def test_gzipped_parquet_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "r.parquet.gz", b"x")
+    with pytest.raises(SraError, match="gunzip it and pass the .parquet file"):
+        read_all(CorpusSpec(str(path)))
+
+
+def test_check_files_reads_the_first_records_of_every_file(tmp_path: Path) -> None:
+    from pipeline.corpus import check_files
+
+    write_bytes(tmp_path / "c" / "a.txt", b"Fine text.\n")
+    write_bytes(tmp_path / "c" / "b.jsonl", b'{"text": "ok"}\n{"text": oops}\n')
+    with pytest.raises(SraError, match=r"b\.jsonl:2 is not valid JSON"):
+        check_files(CorpusSpec(str(tmp_path / "c")))
+    late = [json.dumps({"text": f"Line {i}."}) for i in range(200)] + ["{oops"]
+    write_bytes(tmp_path / "d" / "late.jsonl", ("\n".join(late) + "\n").encode())
+    check_files(CorpusSpec(str(tmp_path / "d")))  # only the first records: found later
+
+
 def test_jsonl_custom_text_field_and_blank_lines(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "d.jsonl", b'{"body": "Hello there."}\n\n{"body": "Again."}\n')
     paragraphs, _ = read_all(CorpusSpec(str(path), text_field="body"))
@@ -347,8 +380,11 @@ def test_malformed_doc_header_names_the_line(tmp_path: Path) -> None:
 
 def test_dump_without_articles_is_an_error(tmp_path: Path) -> None:
     dump = write_bytes(tmp_path / "dump.txt", b"just some text, no doc blocks\n")
-    with pytest.raises(SraError, match="contains no text"):
+    with pytest.raises(SraError, match=r"has text but no <doc \.\.\.> articles"):
         read_all(CorpusSpec("wiki", wiki_dump=str(dump)))
+    empty = write_bytes(tmp_path / "empty.txt", b"\n\n")
+    with pytest.raises(SraError, match="contains no text"):
+        read_all(CorpusSpec("wiki", wiki_dump=str(empty)))
 
 
 # ---------------------------------------------------------------------------- wiki hub
@@ -536,6 +572,7 @@ def test_describe_validates_paths(tmp_path: Path) -> None:
 def test_stats_as_dict_has_every_counter() -> None:
     assert set(CorpusStats().as_dict()) == {
         "lines",
+        "empty_records",
         "non_utf8_lines",
         "long_lines_truncated",
         "paragraphs",

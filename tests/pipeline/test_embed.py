@@ -9,10 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from cache import CacheError, open_cache
+from cache import CacheError, open_cache, verify_cache
 from cache.errors import SraError
-from pipeline.embedding import EmbedConfig, embed
-from tests.conftest import write_corpus
+from pipeline.embedding import EmbedConfig, embed, encode_window
+from tests.conftest import (
+    assert_same_cache,
+    assert_same_rows,
+    cosine,
+    embed_any,
+    write_corpus,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny teachers run fastest on one thread, and far faster when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def run(corpus: Path, out: Path, teacher: Path, **kw) -> None:  # type: ignore[no-untyped-def]
@@ -33,10 +48,6 @@ def reference_vectors(teacher: Path, ids: list[list[int]]) -> dict[str, np.ndarr
             out["cls"].append(o.last_hidden_state[0, 0].numpy())
             out["pooler"].append(o.pooler_output[0].numpy())
     return {k: np.stack(v) for k, v in out.items()}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_cache_content_and_poolings_match_the_teacher(tmp_path: Path, tiny_bert: Path) -> None:
@@ -111,16 +122,6 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, tiny_bert: 
         open_cache(tmp_path / "cut")
     run(corpus, tmp_path / "cut", tiny_bert)
     assert_same_cache(tmp_path / "cut", tmp_path / "ref")
-
-
-def assert_same_cache(a: Path, b: Path) -> None:
-    ca, cb = open_cache(a), open_cache(b)
-    assert [s.rows for s in ca.shards] == [s.rows for s in cb.shards]
-    cols = ["id", "text", "source", "input_ids", "n_tokens", "truncated"]
-    for sa, sb in zip(ca.shards, cb.shards, strict=True):
-        assert ca.read_shard(sa, cols).equals(cb.read_shard(sb, cols))
-        for pooling in ca.poolings:
-            assert cosine(ca.vectors(pooling, sa), cb.vectors(pooling, sb)).min() >= 0.99999
 
 
 def test_other_config_is_refused_unless_overwrite(tmp_path: Path, tiny_bert: Path) -> None:
@@ -201,8 +202,253 @@ def test_decoder_is_not_a_teacher(tmp_path: Path, tiny_bert: Path) -> None:
 
 
 def test_unknown_teacher_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Read once at import: an earlier test imported it online, and without this the hub lookup
+    # waits for a network that is not there (20 s).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     corpus = write_corpus(tmp_path / "c.txt", 10)
     with pytest.raises(SraError, match="cannot load teacher 'nobody/no-such-model'"):
         embed(EmbedConfig(corpus=str(corpus), out=tmp_path / "o", teacher="nobody/no-such-model"))
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------- repair
+
+
+def shard_inodes(path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in path.glob("shard-*.arrow")}
+
+
+def test_rerun_repairs_missing_and_truncated_shards_and_repair_finds_bit_flips(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    """Damaged shards are embedded again, and only those, with the rows of an uninterrupted run."""
+    corpus = write_corpus(tmp_path / "c.txt", 700)
+    run(corpus, tmp_path / "ref", tiny_bert)
+    run(corpus, tmp_path / "out", tiny_bert)
+    out = tmp_path / "out"
+    (out / "shard-00001.arrow").unlink()
+    data = (out / "shard-00002.arrow").read_bytes()
+    (out / "shard-00002.arrow").write_bytes(data[:-100])
+    untouched = {k: v for k, v in shard_inodes(out).items() if k != "shard-00002.arrow"}
+    run(corpus, out, tiny_bert)  # the same command again
+    assert_same_cache(out, tmp_path / "ref")
+    m = open_cache(out).manifest
+    assert m.totals["rows_this_run"] == 192 + 192  # exactly the two damaged shards
+    after = shard_inodes(out)
+    assert {k: after[k] for k in untouched} == untouched  # the others were not rewritten
+    # A flipped bit keeps the size: only the checksum finds it, with --repair.
+    shard = out / "shard-00000.arrow"
+    flipped = bytearray(shard.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    shard.write_bytes(bytes(flipped))
+    run(corpus, out, tiny_bert)
+    assert not verify_cache(out).ok
+    run(corpus, out, tiny_bert, repair=True)
+    assert verify_cache(out).ok
+    assert_same_cache(out, tmp_path / "ref")
+    assert open_cache(out).manifest.totals["rows_this_run"] == 192
+
+
+def test_missing_side_file_is_written_again(tmp_path: Path, tiny_bert: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 100)
+    run(corpus, tmp_path / "out", tiny_bert)
+    before = (tmp_path / "out" / "tokenizer.json").read_bytes()
+    (tmp_path / "out" / "tokenizer.json").unlink()
+    run(corpus, tmp_path / "out", tiny_bert)
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == before
+    assert verify_cache(tmp_path / "out").ok
+
+
+def test_task_cache_is_repaired_with_its_side_files(
+    tmp_path: Path, tiny_bert: Path, tiny_glue: Path
+) -> None:
+    kw = {
+        "corpus": "glue:sst2",
+        "glue_dir": str(tiny_glue),
+        "teacher": str(tiny_bert),
+        "window": 64,
+        "shard_rows": 100,
+        "progress": False,
+    }
+    embed_any(out=tmp_path / "ref", **kw)
+    embed_any(out=tmp_path / "out", **kw)
+    out = tmp_path / "out"
+    (out / "shard-00001.arrow").unlink()
+    examples = sorted(out.glob("examples-*.arrow"))
+    examples[0].unlink()
+    embed_any(out=out, **kw)
+    assert_same_cache(out, tmp_path / "ref")
+    assert verify_cache(out).ok
+    for p in (tmp_path / "ref").glob("examples-*.arrow"):
+        assert (out / p.name).read_bytes() == p.read_bytes()
+
+
+def test_overwrite_of_the_same_config_starts_over(tmp_path: Path, tiny_bert: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 100)
+    run(corpus, tmp_path / "out", tiny_bert)
+    (tmp_path / "out" / "shard-00000.arrow").write_bytes(b"junk")
+    run(corpus, tmp_path / "out", tiny_bert, overwrite=True)
+    m = open_cache(tmp_path / "out").manifest
+    assert m.totals["rows_this_run"] == 100 and verify_cache(tmp_path / "out").ok
+
+
+# ---------------------------------------------------------------------------- --limit
+
+
+def test_a_larger_limit_grows_the_cache(
+    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 700)
+    run(corpus, tmp_path / "ref", tiny_bert, limit=600)
+    out = tmp_path / "out"
+    run(corpus, out, tiny_bert, limit=250)  # its last window (192..249) is cut short
+    run(corpus, out, tiny_bert, limit=600)
+    assert_same_rows(out, tmp_path / "ref")
+    m = open_cache(out).manifest
+    assert m.stream == {"limit": 600, "sentences": 600, "exhausted": False}
+    assert m.totals["rows_this_run"] == 600 - 192  # the cut window's shard, then the rest
+    # A smaller limit takes nothing away and says what is there.
+    capsys.readouterr()
+    run(corpus, out, tiny_bert, limit=100)
+    assert "already holds 600 sentences" in capsys.readouterr().err
+    assert open_cache(out).num_rows == 600
+    # No limit: the whole corpus; then nothing more to read.
+    run(corpus, out, tiny_bert)
+    assert open_cache(out).num_rows == 700
+    run(corpus, out, tiny_bert, limit=5000)
+    assert "all 700 sentences" in capsys.readouterr().err
+
+
+def test_a_cache_made_when_limit_was_its_identity_grows_too(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    from cache.manifest import fingerprint
+
+    corpus = write_corpus(tmp_path / "c.txt", 300)
+    out = tmp_path / "out"
+    run(corpus, out, tiny_bert, limit=128)
+    m = json.loads((out / "manifest.json").read_text())  # as the previous version wrote it
+    m["config"]["corpus"]["limit"] = 128
+    m["fingerprint"] = fingerprint(m["config"])
+    del m["stream"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    run(corpus, out, tiny_bert, limit=300)
+    run(corpus, tmp_path / "ref", tiny_bert, limit=300)
+    assert_same_rows(out, tmp_path / "ref")  # its first shard ended at 128 rows: layout differs
+
+
+def test_unfinished_cache_with_more_rows_than_a_smaller_limit_is_refused(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 500)
+    out = tmp_path / "out"
+    run(corpus, out, tiny_bert, limit=500)
+    m = json.loads((out / "manifest.json").read_text())
+    m["status"], m["shards"] = "in_progress", m["shards"][:2]
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CacheError, match="holds 384 sentences of an unfinished run.*--limit 500"):
+        run(corpus, out, tiny_bert, limit=100)
+
+
+# ---------------------------------------------------------------------------- bad input, lock
+
+
+def test_failed_first_run_leaves_nothing_and_a_fixed_corpus_just_runs(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    lines = [
+        json.dumps({"text": line})
+        for line in write_corpus(tmp_path / "c.txt", 300).read_text().splitlines()
+    ]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join([*lines[:250], "{broken", *lines[250:]]) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(SraError, match=r"c.jsonl:251 is not valid JSON"):
+        # The bad line is late: the reader finds it, after the teacher loaded, no shard written.
+        run(corpus, out, tiny_bert, shard_rows=1000)
+    assert not out.exists()
+    corpus.write_text("\n".join(lines) + "\n")
+    run(corpus, out, tiny_bert, shard_rows=1000)
+    assert open_cache(out).num_rows == 300
+
+
+def test_zero_row_unfinished_cache_of_another_config_is_restarted(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    corpus = write_corpus(tmp_path / "c.txt", 100)
+    out = tmp_path / "out"
+    run(corpus, out, tiny_bert, max_length=32)
+    m = json.loads((out / "manifest.json").read_text())
+    m["status"], m["shards"] = "in_progress", []
+    (out / "manifest.json").write_text(json.dumps(m))
+    run(corpus, out, tiny_bert)  # another max_length: no refusal, nothing was there
+    assert open_cache(out).num_rows == 100
+
+
+def test_bad_first_rows_of_any_file_fail_before_the_teacher_loads(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_corpus(folder / "a.txt", 50)
+    (folder / "b.jsonl").write_text('{"text": "fine text here for a while"}\n{"body": "x"}\n')
+    with pytest.raises(SraError, match=r"b.jsonl:2 has no field 'text'"):
+        embed(EmbedConfig(corpus=str(folder), out=tmp_path / "o", teacher="nobody/none"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(
+    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cache.lock import CacheLock
+
+    corpus = write_corpus(tmp_path / "c.txt", 100)
+    out = tmp_path / "out"
+    with CacheLock(out), pytest.raises(CacheError, match=r"being written by another run \(pid "):
+        run(corpus, out, tiny_bert)
+    # A killed run leaves its lock file, but no lock: the next run takes it over.
+    out.mkdir(exist_ok=True)
+    (out / "embed.lock").write_text('{"pid": 999999999, "host": "h", "started": "then"}\n')
+    run(corpus, out, tiny_bert)
+    assert "taking over the lock of a run that is gone (pid 999999999" in capsys.readouterr().err
+    assert not (out / "embed.lock").exists() and open_cache(out).num_rows == 100
+
+
+def test_unwritable_out_says_to_choose_a_writable_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import cache.lock
+
+    def read_only(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(cache.lock.Path, "mkdir", read_only)
+    corpus = write_corpus(tmp_path / "c.txt", 20)
+    with pytest.raises(CacheError, match="choose a writable folder for --out"):
+        embed(EmbedConfig(corpus=str(corpus), out=tmp_path / "ro" / "out", progress=False))
+
+
+def test_progress_counts_every_teacher_batch(tmp_path: Path, tiny_bert: Path) -> None:
+    from cache import sentence_schema
+    from pipeline.reader import Window, tokenize
+    from pipeline.teacher import Teacher
+
+    teacher = Teacher(str(tiny_bert), ["mean"], 128, "fp32", "cpu")
+    texts = write_corpus(tmp_path / "c.txt", 200).read_text().splitlines()
+    ids, truncated = tokenize(teacher.backend, texts)
+    window = Window(0, 0, texts, texts, ids, truncated)
+    calls: list[tuple[int, int]] = []
+    table = encode_window(
+        window,
+        teacher,
+        512,
+        False,
+        sentence_schema(["mean"], 32),
+        lambda n, t: calls.append((n, t)),
+    )
+    assert len(calls) > 5  # many batches in one window, each counted as it finishes
+    assert sum(n for n, _ in calls) == 200 == table.num_rows
+    assert sum(t for _, t in calls) == sum(map(len, ids))

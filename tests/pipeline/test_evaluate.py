@@ -16,7 +16,13 @@ from cache.errors import SraError
 from pipeline.cli import app
 from pipeline.tasks.evaluate import DEFAULT_ROWS as ROWS
 from pipeline.tasks.evaluate import EvaluateConfig, evaluate
-from tests.conftest import distil_tiny_student, write_glue
+from tests.conftest import (
+    distil_tiny_student,
+    own_task_rows,
+    write_glue,
+    write_own_task,
+    write_table,
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +133,69 @@ def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run
     )
     with pytest.raises(SraError, match="holds the logits of .* pass another --caches"):
         evaluate(replace(cfg, teachers=other.parent))
+
+
+def test_own_tasks_sit_beside_glue_in_one_table(tmp_path, student_run, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    glue = write_glue(tmp_path / "glue", n_train=48, n_dev=16)
+    tickets = write_own_task(tmp_path / "data", "tickets", n_train=48, n_dev=16)
+    rows = ["sra", "scratch", "teacher-frozen"]
+    cfg = EvaluateConfig(
+        student=str(student_run),
+        tasks=["sst2", f"task:{tickets}"],
+        seeds=1,
+        rows=rows,
+        glue_dir=str(glue),
+        caches=tmp_path / "caches",
+        out=tmp_path / "eval",
+        epochs=1,
+        progress=False,
+    )
+    summary = evaluate(cfg)
+    slug = Path(json.loads((student_run / "config.json").read_text())["teacher"]).name
+    assert (tmp_path / "caches" / f"tickets-{slug}" / "task.json").is_file()
+    results = summary["results"]
+    assert list(results) == ["sst2", "tickets"] and list(results["tickets"]) == rows
+    assert set(results["tickets"]["scratch"]) == {"micro_f1", "macro_f1"}
+    assert summary["tasks"]["tickets"] == f"task:{tickets}"
+    header = summary["table"].splitlines()[0]
+    assert "sst2 accuracy" in header and "tickets micro_f1/macro_f1" in header
+    run = tmp_path / "eval" / "tickets" / "sra" / "seed0"
+    assert (run / "task_model.json").is_file()  # every student row is a loadable model
+    assert evaluate(cfg)["results"] == results  # finished runs are reused
+
+    # Other data under the same task name is not this cache: refused, never mixed up.
+    write_table(tickets / "train.jsonl", own_task_rows("tickets", 48, seed=7))
+    with pytest.raises(SraError, match="holds a cache of other tickets data"):
+        evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_task_specific_rows_on_an_own_task_one_teacher_per_seed(tmp_path, student_run, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    scores = write_own_task(tmp_path / "data", "scores", n_train=48, n_dev=16)
+    rows = ["tang", "teacher-ft"]
+    cfg = EvaluateConfig(
+        student=str(student_run),
+        tasks=[f"task:{scores}"],
+        seeds=2,
+        rows=rows,
+        caches=tmp_path / "caches",
+        teachers=tmp_path / "teachers",
+        out=tmp_path / "eval",
+        epochs=1,
+        augment=1,
+        progress=False,
+    )
+    summary = evaluate(cfg)
+    slug = Path(json.loads((student_run / "config.json").read_text())["teacher"]).name
+    teachers = [
+        tmp_path / "teachers" / f"scores-{slug}",
+        tmp_path / "teachers" / f"scores-{slug}-seed1",
+    ]
+    want = [json.loads((t / "metrics.json").read_text())["pearson"] for t in teachers]
+    assert summary["results"]["scores"]["teacher-ft"]["pearson"] == want
+    config = json.loads((teachers[0] / "config.json").read_text())
+    assert config["problem_type"] == "regression" and config["finetuning_task"] == "scores"
+    assert (tmp_path / "caches" / f"scores-scores-{slug}-aug1" / "logits-train.arrow").is_file()
+    assert len(summary["results"]["scores"]["tang"]["pearson"]) == 2

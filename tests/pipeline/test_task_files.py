@@ -6,9 +6,6 @@ written by the tests in every format.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import json
 import random
 import re
@@ -16,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from cache.errors import SraError
@@ -35,34 +31,9 @@ from pipeline.tasks.corpus import load_task_corpus
 from pipeline.tasks.define import carve, input_texts, score_bins
 from pipeline.tasks.own import TaskDataOptions
 from pipeline.tasks.tables import read_table
+from tests.conftest import write_table
 
 FORMATS = ["csv", "tsv", "jsonl", "parquet", "csv.gz", "tsv.gz", "jsonl.gz", "parquet.gz"]
-
-
-def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """One task file in the format its name says (gzip'd when it ends in .gz)."""
-    name = path.name.removesuffix(".gz")
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    if name.endswith(".csv"):
-        buffer = io.StringIO(newline="")
-        writer = csv.DictWriter(buffer, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        data = buffer.getvalue().encode()
-    elif name.endswith(".tsv"):
-        lines = ["\t".join(columns)] + [
-            "\t".join(str(row.get(c, "")) for c in columns) for row in rows
-        ]
-        data = ("\n".join(lines) + "\n").encode()
-    elif name.endswith(".jsonl"):
-        data = "".join(json.dumps(row) + "\n" for row in rows).encode()
-    else:
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows), sink)
-        data = sink.getvalue().to_pybytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
-    return path
 
 
 def sentiment(n: int, seed: int = 0, pair: bool = False) -> list[dict[str, Any]]:

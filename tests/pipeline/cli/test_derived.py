@@ -16,6 +16,7 @@ from cache.options import default_of, flag_of, is_internal, is_nested
 from pipeline.cli import app
 from pipeline.cli.stage_one import EmbedCommand
 from pipeline.tasks.evaluate import EvaluateConfig
+from pipeline.tasks.predict import PredictConfig
 from pipeline.tasks.teacher_finetune import TeacherFinetuneConfig
 from student.finetuning.config import FinetuneConfig
 from student.sts import StsConfig
@@ -31,6 +32,7 @@ DERIVED = {
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
     "teacher-finetune": TeacherFinetuneConfig,
+    "predict": PredictConfig,
 }
 
 # Every option name each command took before its options were derived from its config.
@@ -146,7 +148,13 @@ def test_train_range_errors_are_one_line_from_the_real_command(tmp_path, option,
         ("train", ["--resume", "--overwrite"], "--resume and --overwrite contradict"),
         ("finetune", ["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         ("finetune", ["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0"),
-        ("finetune", ["--task", "nope"], "unknown GLUE task"),
+        ("finetune", ["--task", " "], "--task must not be empty"),
+        ("teacher-finetune", ["--task", "nope"], "unknown GLUE task 'nope'"),
+        ("teacher-finetune", ["--text-column", "body"], "--text-column read an own task"),
+        ("teacher-finetune", ["--task", "task:data/x", "--glue-dir", "g"], "--glue-dir reads GLUE"),
+        ("evaluate", ["--tasks", "sst2,task:"], "name the task's folder, task:PATH"),
+        ("predict", ["--chunk-rows", "0"], "--chunk-rows must be >= 1, got 0"),
+        ("predict", ["--output", "o.xlsx"], "--output o.xlsx: unknown format"),
         ("teacher-finetune", ["--save-every", "0"], "--save-every must be >= 1, got 0"),
         ("teacher-finetune", ["--grad-clip", "0"], "--grad-clip must be > 0, got 0.0"),
         ("evaluate", ["--seeds", "0"], "--seeds must be >= 1, got 0"),
@@ -162,6 +170,7 @@ def test_range_errors_name_the_one_option(tmp_path, command, options, message):
         "teacher-finetune": ["--task", "sst2", "--out", str(tmp_path / "o")],
         "evaluate": ["--student", "s"],
         "eval-sts": ["--student", "s", "--data", "d"],
+        "predict": ["--model", "m", "--input", __file__, "--output", str(tmp_path / "o")],
     }[command]
     # An option given twice takes its last value: `options` may override a required one.
     result = CliRunner().invoke(app, [command, *required, *options])

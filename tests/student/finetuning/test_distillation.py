@@ -15,7 +15,7 @@ from pipeline.tasks.augment import AugmentConfig
 from student import SraError
 from student.encoder import StudentEncoder
 from student.finetuning.data import Examples, load_sentences
-from student.finetuning.head import TaskHead, TaskModel, distill_loss
+from student.finetuning.head import FinetuneModel, TaskHead, distill_loss
 from student.finetuning.loop import finetune, task_loss
 from tests.conftest import embed_any, make_task_cache
 from tests.student.conftest import make_small_student
@@ -180,7 +180,7 @@ def test_unlabelled_rows_add_no_label_loss(ft_caches, small_student):
     task = get_task("sst2")
     sentences = load_sentences(cache, "mean")
     enc = StudentEncoder.from_pretrained(small_student)
-    model = TaskModel(enc.model, TaskHead(cache.dim, False, 2, "mlp", 16, 0.0))
+    model = FinetuneModel(enc.model, TaskHead(cache.dim, False, 2, "mlp", 16, 0.0))
     ex = Examples(np.arange(4), np.array([-1, -1, -1, -1]), np.arange(4), None)
     cfg = tiny(str(small_student), "sst2", Path(), Path())
     rows = np.arange(4)

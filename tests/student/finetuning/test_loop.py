@@ -188,7 +188,7 @@ def test_bad_input(tmp_path, caches, fresh_student, tiny_bert):
         )
         return finetune(tiny(**(base | kw)))
 
-    with pytest.raises(SraError, match="unknown GLUE task"):
+    with pytest.raises(SraError, match="--task nope but .* holds sst2"):
         run(task="nope")
     with pytest.raises(SraError, match="holds mrpc"):
         run(cache=caches["mrpc"])
