@@ -278,7 +278,7 @@ def _wiki_sentences() -> tuple[list[str], str]:
 def parse_student(spec: str | Path) -> StudentSpec:
     """``FOLDER``, ``FOLDER:RUN`` (a fine-tuned run whose dev metric to report), or a
     fine-tuned run itself (its ``encoder/`` is timed, its metric reported)."""
-    from student.deploy.task import is_task_run
+    from student.task_model import is_task_run
 
     text = str(spec)
     folder, run = Path(text), None
@@ -648,18 +648,17 @@ def task_quality(run: Path, backend: str) -> dict[str, Any]:
     tasks (read from the GLUE folder; an own task's dev split is not re-read here)."""
     from cache.tasks import get_task, is_glue_name
     from pipeline.tasks.glue import read_split
-    from student.deploy.task import load_task_model
     from student.finetuning.metrics import task_scores
+    from student.task_model import TaskModel, read_predictions
 
-    model = _load(lambda: load_task_model(run, backend))
-    if not is_glue_name(model.info.name):
-        return {"task": model.info.name, "task_metric": None, "task_score": None}
-    task = get_task(model.info.name)
+    model = _load(lambda: TaskModel.from_pretrained(run, backend))
+    if not is_glue_name(model.task.name):
+        return {"task": model.task.name, "task_metric": None, "task_score": None}
+    task = get_task(model.task.name)
     examples = read_split(task, "dev", GLUE_DIR)
     first = [e.text_a for e in examples]
     second = [e.text_b or "" for e in examples] if task.pair else None
-    logits = model.logits(first, second)
-    predictions = task.from_unit(logits[:, 0]) if task.is_regression else logits.argmax(-1)
+    predictions = read_predictions(task, model.outputs(first, second))
     labels = np.asarray([e.label for e in examples])
     score = task_scores(task, predictions, labels)[task.main_metric]
     return {"task": task.name, "task_metric": task.main_metric, "task_score": round(score, 4)}

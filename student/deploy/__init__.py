@@ -7,7 +7,9 @@ built or run; importing it does not. The pieces:
 - ``session``: ONNX Runtime sessions and int8 quantization;
 - ``encoder``: ``load_encoder`` / ``OnnxStudentEncoder``, behind
   ``StudentEncoder.from_pretrained(path, backend=...)``;
-- ``task``: fine-tuned task models on any backend (``load_task_model``);
+- ``task``: ``OnnxTaskEngine``, a fine-tuned task model on ONNX Runtime, which
+  ``student.TaskModel.from_pretrained(path, backend=...)`` runs for ``"onnx"`` /
+  ``"onnx-int8"`` and for exported task folders (``onnx_task_engine``);
 - ``export``: writing an exported folder and checking it against torch;
 - ``folder``: what an exported folder holds and how it is read.
 """
@@ -19,7 +21,8 @@ from typing import Any
 _LAZY = {
     "BACKENDS": "student.deploy.encoder",
     "load_encoder": "student.deploy.encoder",
-    "load_task_model": "student.deploy.task",
+    "OnnxTaskEngine": "student.deploy.task",
+    "onnx_task_engine": "student.deploy.task",
     "export_onnx": "student.deploy.export",
 }
 

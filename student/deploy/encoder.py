@@ -130,7 +130,7 @@ def load_encoder(
     if info.kind != "encoder":
         raise SraError(
             f"{folder} holds an exported {info.kind} model, not an encoder: load it with "
-            "student.deploy.load_task_model"
+            "student.TaskModel.from_pretrained"
         )
     model = (folder / MODEL_FILE).read_bytes()
     int8 = info.int8

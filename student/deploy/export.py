@@ -34,6 +34,7 @@ from student.encoder import (
     WEIGHTS_FILE,
     StudentEncoder,
 )
+from student.task_model import TASK_MODEL_FILE, TaskModel, read_predictions
 
 # The export-time check: fp32 must equal torch up to float rounding; int8 must keep every
 # sample sentence's vector within the deployment bar (cosine 0.995, as STS-B dev is held to).
@@ -66,7 +67,7 @@ SAMPLE_SENTENCES = [
 
 def source_kind(source: Path) -> str:
     """``"encoder"`` for a student folder, ``"task"`` for a fine-tuned run; else one line."""
-    from student.deploy.task import is_task_run
+    from student.task_model import is_task_run
 
     source = Path(source)
     if not source.is_dir():
@@ -104,35 +105,38 @@ def export_onnx(
     written and the check (sentences, max |diff|, min cosine, prediction agreement)."""
     from student.deploy.onnx_graph import encoder_graph, serialize, task_graph
     from student.deploy.session import quantize_int8
-    from student.deploy.task import TorchTaskModel, read_task_run
+    from student.deploy.task import head_weights
+    from student.task_model import TaskModel
 
     source, out = Path(source), Path(out)
     kind = source_kind(source)
     check_out(out, overwrite)
     sample = list(sentences) if sentences else SAMPLE_SENTENCES
 
+    task_model = None
     if kind == "encoder":
         student = StudentEncoder.from_pretrained(source)
         model = serialize(encoder_graph(student.model))
-        task_info = None
     else:
-        run = read_task_run(source)
-        student, task_info = run.encoder, run.info
-        model = serialize(task_graph(student.model, run.head_weights()))
+        # The run as TaskModel loads it (its checks refuse unfinished and teacher runs): the
+        # reference for the check, and the task_model.json the export carries.
+        task_model = TaskModel.from_pretrained(source)
+        student = task_model.engine.encoder
+        model = serialize(task_graph(student.model, head_weights(task_model.engine.head)))
     if int8:
         model = quantize_int8(model)
 
-    if task_info is None:
+    if task_model is None:
         check = _check_encoder(student, model, int8, sample)
     else:
-        torch_model = TorchTaskModel(student, run.head_module(), task_info)
-        check = _check_task(torch_model, student, model, int8, sample)
+        check = _check_task(task_model, model, int8, sample)
     if not check["passed"]:
         raise SraError(
             f"the exported model does not match the torch model on {check['sentences']} sample "
             f"sentences ({_describe(check)}); nothing was written"
         )
 
+    pair = task_model is not None and task_model.task.pair
     description = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
@@ -140,11 +144,10 @@ def export_onnx(
         "runtime": "onnx",
         "int8": int8,
         "opset": _opset(),
-        "inputs": ["input_ids", "lengths"]
-        + (["input_ids_b", "lengths_b"] if _pair(task_info) else []),
+        "inputs": ["input_ids", "lengths"] + (["input_ids_b", "lengths_b"] if pair else []),
         "outputs": ["logits" if kind == "task" else "embeddings"],
         "source": str(source.resolve()),
-        "task": task_info.to_dict() if task_info is not None else None,
+        "task": task_model.info["task"] if task_model is not None else None,
         "check": check,
     }
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **student.config.to_dict()}
@@ -153,6 +156,9 @@ def export_onnx(
         write_file(built / MODEL_FILE, model)
         write_file(built / TOKENIZER_FILE, student.tokenizer.to_str(pretty=True).encode("utf-8"))
         write_file(built / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode("utf-8"))
+        if task_model is not None:  # the task definition: TaskModel reads the export like a run
+            text = json.dumps(task_model.info, indent=2) + "\n"
+            write_file(built / TASK_MODEL_FILE, text.encode("utf-8"))
         write_file(built / EXPORT_FILE, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
         publish(built, out)
     except BaseException:
@@ -194,23 +200,30 @@ def _check_encoder(
 
 
 def _check_task(
-    torch_model: Any, student: StudentEncoder, model: bytes, int8: bool, sample: list[str]
+    task_model: TaskModel, model: bytes, int8: bool, sample: list[str]
 ) -> dict[str, Any]:
-    from student.deploy.task import OnnxTaskModel
+    """The run in torch (``TaskModel``) against the exported graph on the ONNX engine."""
+    from student.deploy.task import OnnxTaskEngine
 
-    info = torch_model.info
+    task, student = task_model.task, task_model.engine.encoder
     exported = _runnable(
-        lambda: OnnxTaskModel(student.config, student.tokenizer, model, info, int8=int8), int8
+        lambda: OnnxTaskEngine(
+            student.config, student.tokenizer, model, task.num_labels, int8=int8
+        ),
+        int8,
     )
-    first, second = (sample, sample[1:] + sample[:1]) if info.pair else (sample, None)
-    expected = torch_model.logits(first, second)
-    got = _runnable(lambda: exported.logits(first, second), int8)
+    first, second = (sample, sample[1:] + sample[:1]) if task.pair else (sample, None)
+    expected = task_model.outputs(first, second)
+    got = _runnable(lambda: exported.logits(first, second, 256), int8)
     check = _compare(expected, got, int8)
-    same = np.mean(np.asarray(info.read(expected)) == np.asarray(info.read(got)))
-    if info.problem == "regression":  # "agreement": within 2% of the score range of torch's
-        same = np.mean(np.abs(expected[:, 0] - got[:, 0]) <= 0.02)
-    check["agreement"] = float(same)
-    check["passed"] = bool(check["passed"] and same >= (INT8_MIN_AGREEMENT if int8 else 1.0))
+    if task.is_regression:  # "agreement": within 2% of the score range of torch's
+        same = np.abs(expected[:, 0] - got[:, 0]) <= 0.02
+    else:  # the same label (classification), the same label set (multi-label)
+        equal = read_predictions(task, expected) == read_predictions(task, got)
+        same = equal.reshape(len(expected), -1).all(axis=1)
+    check["agreement"] = float(np.mean(same))
+    ok = check["agreement"] >= (INT8_MIN_AGREEMENT if int8 else 1.0)
+    check["passed"] = bool(check["passed"] and ok)
     return check
 
 
@@ -249,10 +262,6 @@ def _runnable(fn: Any, int8: bool) -> Any:
             f"onnxruntime could not run the int8 model on this platform ({reason}): "
             "export without --int8"
         ) from e
-
-
-def _pair(task_info: Any) -> bool:
-    return bool(task_info is not None and task_info.pair)
 
 
 def _opset() -> int:

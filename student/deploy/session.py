@@ -13,7 +13,7 @@ from typing import Any
 
 from cache.errors import SraError
 
-INSTALL_HINT = "pip install 'sra-distill[deploy]' (onnx and onnxruntime)"
+INSTALL_HINT = 'pip install -e ".[deploy]" (onnx and onnxruntime)'
 
 
 def require(module: str) -> Any:

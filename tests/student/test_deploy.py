@@ -17,9 +17,10 @@ from student.deploy import session as session_module
 from student.deploy.encoder import OnnxStudentEncoder
 from student.deploy.export import export_onnx, source_kind
 from student.deploy.onnx_graph import encoder_graph, serialize
-from student.deploy.task import OnnxTaskModel, TorchTaskModel, load_task_model
+from student.deploy.task import OnnxTaskEngine
 from student.model import BiLSTMEncoder, lstm_packed
-from tests.conftest import make_task_run
+from student.task_model import TaskModel, TorchEngine
+from tests.conftest import OWN_TASKS, make_task_run, own_task_rows
 from tests.student.conftest import SENTENCES, WORDS
 
 # int8 on a tiny random model: close to fp32, not equal (the 0.995 bar on real students is
@@ -221,7 +222,7 @@ def test_missing_onnxruntime_names_the_extra(saved, monkeypatch):
         return real(name, *args)
 
     monkeypatch.setattr(importlib, "import_module", without_ort)
-    with pytest.raises(SraError, match=r"needs onnxruntime.*sra-distill\[deploy\]"):
+    with pytest.raises(SraError, match=r'needs onnxruntime.*pip install -e "\.\[deploy\]"'):
         StudentEncoder.from_pretrained(saved, backend="onnx")
 
 
@@ -269,26 +270,37 @@ def test_task_model_export_predicts_like_torch(tiny_encoder, tmp_path, task, pai
     run = make_task_run(tmp_path / "run", tiny_encoder, task, pair, kind, labels)
     first = SENTENCES + mixed_sentences(40, seed=4)
     second = list(reversed(first)) if pair else None
-    torch_model = load_task_model(run)
-    assert isinstance(torch_model, TorchTaskModel)
-    expected = torch_model.logits(first, second)
+    texts = list(zip(first, second, strict=True)) if pair else first
+    torch_model = TaskModel.from_pretrained(run)
+    assert isinstance(torch_model.engine, TorchEngine) and torch_model.backend == "torch"
+    expected = torch_model.outputs(first, second)
 
     result = export_onnx(run, tmp_path / "onnx")
     assert result["kind"] == "task" and result["check"]["agreement"] == 1.0
-    exported = load_task_model(tmp_path / "onnx")
-    assert isinstance(exported, OnnxTaskModel) and exported.info == torch_model.info
-    np.testing.assert_allclose(exported.logits(first, second), expected, atol=1e-5)
-    predictions = exported.predict(first, second)
+    # The export carries the run's task_model.json: the same task, read the same way.
+    exported = TaskModel.from_pretrained(tmp_path / "onnx")
+    assert isinstance(exported.engine, OnnxTaskEngine) and exported.backend == "onnx"
+    assert exported.info == torch_model.info and exported.task == torch_model.task
+    np.testing.assert_allclose(exported.outputs(first, second), expected, atol=1e-5)
+    predictions = exported.predict(texts)
     if labels is None:
         np.testing.assert_allclose(predictions, expected[:, 0] * 5.0, atol=1e-4)
+        np.testing.assert_allclose(predictions, torch_model.predict(texts), atol=1e-4)
     else:
-        assert predictions == torch_model.predict(first, second)
+        assert predictions == torch_model.predict(texts)
+        np.testing.assert_allclose(
+            exported.predict_proba(texts), torch_model.predict_proba(texts), atol=1e-5
+        )
 
-    int8 = load_task_model(run, backend="onnx-int8")
-    agree = np.mean(np.asarray(int8.predict(first, second)) == np.asarray(predictions))
+    int8 = TaskModel.from_pretrained(run, backend="onnx-int8")
+    assert isinstance(int8.engine, OnnxTaskEngine) and int8.backend == "onnx-int8"
+    agree = np.mean(np.asarray(int8.predict(texts)) == np.asarray(predictions))
     if labels is None:
-        agree = np.mean(np.abs(int8.predict(first, second) - predictions) <= 0.1)
+        agree = np.mean(np.abs(int8.predict(texts) - predictions) <= 0.1)
     assert agree >= 0.9
+    # The run in fp32 ONNX, built in memory, is the export's graph.
+    fp32 = TaskModel.from_pretrained(run, backend="onnx")
+    np.testing.assert_allclose(fp32.outputs(first, second), expected, atol=1e-5)
 
 
 def test_task_model_inputs(tiny_encoder, tmp_path):
@@ -296,24 +308,104 @@ def test_task_model_inputs(tiny_encoder, tmp_path):
     export_onnx(run, tmp_path / "onnx")
     info = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert info["inputs"] == ["input_ids", "lengths", "input_ids_b", "lengths_b"]
-    assert info["outputs"] == ["logits"] and info["task"]["labels"] == ["0", "1"]
-    model = load_task_model(tmp_path / "onnx")
+    assert info["outputs"] == ["logits"] and info["task"]["labels"] == [
+        "not_equivalent",
+        "equivalent",
+    ]
+    model = TaskModel.from_pretrained(tmp_path / "onnx")
     with pytest.raises(SraError, match="reads sentence pairs"):
-        model.logits(["a"])
-    with pytest.raises(SraError, match="1 first sentences but 2 second"):
-        model.logits(["a"], ["b", "c"])
+        model.outputs(["a"])
+    with pytest.raises(SraError, match="reads sentence pairs"):
+        model.predict(["a"])
+    with pytest.raises(SraError, match="1 first texts but 2 second"):
+        model.outputs(["a"], ["b", "c"])
     with pytest.raises(SraError, match="holds an exported task model"):
         StudentEncoder.from_pretrained(tmp_path / "onnx")
 
 
+def test_exported_task_folders_refuse_what_they_cannot_run(saved, tiny_encoder, tmp_path):
+    run = make_task_run(tmp_path / "run", tiny_encoder, "sst2", False, "mlp", ["0", "1"])
+    export_onnx(run, tmp_path / "fp32")
+    export_onnx(run, tmp_path / "int8", int8=True)
+    with pytest.raises(SraError, match="no torch weights.*leave backend unset"):
+        TaskModel.from_pretrained(tmp_path / "fp32", backend="torch")
+    with pytest.raises(SraError, match="holds int8 weights"):
+        TaskModel.from_pretrained(tmp_path / "int8", backend="onnx")
+    with pytest.raises(SraError, match="backend must be one of"):
+        TaskModel.from_pretrained(tmp_path / "fp32", backend="tensorrt")
+    assert TaskModel.from_pretrained(tmp_path / "int8").backend == "onnx-int8"
+    quantized = TaskModel.from_pretrained(tmp_path / "fp32", backend="onnx-int8")
+    assert quantized.backend == "onnx-int8"
+    sentences = SENTENCES + mixed_sentences(40, seed=5)
+    reference = TaskModel.from_pretrained(run).predict(sentences)
+    assert np.mean(np.asarray(quantized.predict(sentences)) == np.asarray(reference)) >= 0.9
+    # An exported encoder is not a task model; nor is an export that lost its task_model.json.
+    export_onnx(saved, tmp_path / "encoder")
+    with pytest.raises(SraError, match="holds an exported encoder.*StudentEncoder"):
+        TaskModel.from_pretrained(tmp_path / "encoder")
+    (tmp_path / "fp32" / "task_model.json").unlink()
+    with pytest.raises(SraError, match="without task_model.json: export the fine-tuned run again"):
+        TaskModel.from_pretrained(tmp_path / "fp32")
+
+
+def test_an_export_without_onnxruntime_names_the_extra(tiny_encoder, tmp_path, monkeypatch):
+    import importlib
+
+    run = make_task_run(tmp_path / "run", tiny_encoder, "sst2", False, "mlp", ["0", "1"])
+    export_onnx(run, tmp_path / "onnx")
+    real = importlib.import_module
+
+    def without_ort(name, *args):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", without_ort)
+    for folder, backend in ((tmp_path / "onnx", None), (run, "onnx")):
+        with pytest.raises(SraError, match=r'needs onnxruntime.*pip install -e "\.\[deploy\]"'):
+            TaskModel.from_pretrained(folder, backend=backend)
+    assert TaskModel.from_pretrained(run).backend == "torch"  # torch needs no onnxruntime
+
+
 def test_unfinished_or_teacher_runs_are_refused(tiny_encoder, tmp_path):
     run = make_task_run(tmp_path / "run", tiny_encoder, "sst2", False, "mlp", ["0", "1"])
+    (run / "finetune.json").write_text(json.dumps({"task": "sst2", "status": "running"}))
+    with pytest.raises(SraError, match="unfinished fine-tuning run"):
+        export_onnx(run, tmp_path / "onnx")
     (run / "finetune.json").write_text(json.dumps({"task": "sst2"}))
-    with pytest.raises(SraError, match="did not finish"):
+    with pytest.raises(SraError, match="holds no task_model.json: fine-tune it again"):
         export_onnx(run, tmp_path / "onnx")
     teacher = make_task_run(tmp_path / "teacher", tiny_encoder, "sst2", False, "mlp", ["0", "1"])
     import shutil
 
     shutil.rmtree(teacher / "encoder")
-    with pytest.raises(SraError, match="no student to deploy"):
+    with pytest.raises(SraError, match="head on the teacher's frozen vectors"):
         export_onnx(teacher, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+# ----------------------------------------------------------------------- own tasks, exported
+
+
+@pytest.mark.parametrize("name", list(OWN_TASKS))
+def test_an_exported_own_task_model_predicts_what_the_run_predicts(own_task_models, tmp_path, name):
+    """Every problem and shape (classification, pairs, multi-label, regression) as `pipeline
+    finetune` writes it: the export, loaded by TaskModel, predicts what the run predicts."""
+    _, _, model_dir = own_task_models[name]
+    rows = own_task_rows(name, 40, seed=1)  # the dev rows the fixture wrote
+    pair = OWN_TASKS[name][1]
+    texts = [(r["text"], r["text_pair"]) for r in rows] if pair else [r["text"] for r in rows]
+    run = TaskModel.from_pretrained(model_dir)
+    export_onnx(model_dir, tmp_path / "onnx")
+    exported = TaskModel.from_pretrained(tmp_path / "onnx")
+    assert exported.backend == "onnx" and exported.task == run.task
+    assert exported.columns == run.columns and exported.info == run.info
+    np.testing.assert_allclose(exported.logits(texts), run.logits(texts), atol=1e-5)
+    if run.task.is_regression:
+        np.testing.assert_allclose(exported.predict(texts), run.predict(texts), atol=1e-4)
+    else:
+        assert exported.predict(texts) == run.predict(texts)
+        assert len(set(map(str, run.predict(texts)))) > 1  # not one constant answer
+        np.testing.assert_allclose(
+            exported.predict_proba(texts), run.predict_proba(texts), atol=1e-5
+        )
