@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.export import export_sentence_transformers
 from student import SraError, StudentConfig, StudentEncoder
-from student.deploy.task import load_task_model
+from student.task_model import TaskModel
 from tests.conftest import make_task_cache, write_glue
 
 SHORT = [
@@ -177,12 +177,15 @@ def test_a_real_finetuned_run_exports_and_predicts_like_torch(tiny_bert, tmp_pat
         tsv = (glue / _folder(task) / "dev.tsv").read_text().splitlines()
         header, rows = tsv[0].split("\t"), [line.split("\t") for line in tsv[1:]]
         first, second = _sides(task, header, rows)
-        torch_model = load_task_model(run)
-        exported = load_task_model(tmp_path / f"{task}-onnx")
+        texts = list(zip(first, second, strict=True)) if second is not None else first
+        torch_model = TaskModel.from_pretrained(run)
+        exported = TaskModel.from_pretrained(tmp_path / f"{task}-onnx")
+        assert torch_model.backend == "torch" and exported.backend == "onnx"
+        assert exported.task == torch_model.task and exported.info == torch_model.info
         np.testing.assert_allclose(
-            exported.logits(first, second), torch_model.logits(first, second), atol=1e-5
+            exported.outputs(first, second), torch_model.outputs(first, second), atol=1e-5
         )
-        predicted = torch_model.predict(first, second)
+        predicted = torch_model.predict(texts)
         # The run's own dev predictions (predictions-dev.tsv) are what torch predicts here.
         written = [
             line.split("\t")[1]
@@ -190,9 +193,9 @@ def test_a_real_finetuned_run_exports_and_predicts_like_torch(tiny_bert, tmp_pat
         ]
         if task == "stsb":
             np.testing.assert_allclose(np.asarray(written, float), predicted, atol=1e-3)
-            np.testing.assert_allclose(exported.predict(first, second), predicted, atol=1e-4)
+            np.testing.assert_allclose(exported.predict(texts), predicted, atol=1e-4)
         else:
-            assert written == predicted == exported.predict(first, second)
+            assert written == predicted == exported.predict(texts)
 
 
 def _sides(task: str, header: list[str], rows: list[list[str]]):  # type: ignore[no-untyped-def]
