@@ -2,7 +2,9 @@
 
 Read top to bottom: say what the source is, build its graph from the torch weights, quantize
 it for ``int8``, run the graph and the torch model on a sample of sentences and compare, and
-only when they agree write the folder (built aside and moved into place whole).
+only when they agree write the folder (built aside and moved into place whole). A fine-tuned
+run is read as ``TaskModel.from_pretrained`` reads it, and its ``task_model.json`` goes into the
+export, so the export loads as a ``TaskModel`` too.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from student.encoder import (
     WEIGHTS_FILE,
     StudentEncoder,
 )
-from student.task_model import TASK_MODEL_FILE, TaskModel, read_predictions
+from student.task_model import TASK_MODEL_FILE, TaskModel, is_task_run, read_predictions
 
 # The export-time check: fp32 must equal torch up to float rounding; int8 must keep every
 # sample sentence's vector within the deployment bar (cosine 0.995, as STS-B dev is held to).
@@ -67,8 +69,6 @@ SAMPLE_SENTENCES = [
 
 def source_kind(source: Path) -> str:
     """``"encoder"`` for a student folder, ``"task"`` for a fine-tuned run; else one line."""
-    from student.task_model import is_task_run
-
     source = Path(source)
     if not source.is_dir():
         raise SraError(f"--model {source} is not a folder: pass a student or fine-tuned run folder")
@@ -106,7 +106,6 @@ def export_onnx(
     from student.deploy.onnx_graph import encoder_graph, serialize, task_graph
     from student.deploy.session import quantize_int8
     from student.deploy.task import head_weights
-    from student.task_model import TaskModel
 
     source, out = Path(source), Path(out)
     kind = source_kind(source)
