@@ -1,6 +1,7 @@
 """`pipeline export`: a student or a fine-tuned run as ONNX (fp32 / int8) or sentence-transformers.
 
-Its options are ExportConfig's fields (pipeline/export.py); the work is `pipeline.export.export`.
+Its options are ExportConfig's fields (pipeline/export/formats.py); the work is
+`pipeline.export.export`.
 """
 
 from __future__ import annotations
