@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from cache.errors import SraError
 from cache.files import fsync_dir, write_file
 from student.config import StudentConfig
+from student.deploy.folder import is_export
 from student.model import BiLSTMEncoder
 from student.runtime import cpu_bf16_supported
 
@@ -48,7 +49,7 @@ def _one_line(error: BaseException) -> str:
 _POOL_TOKENS = 4096
 
 
-def _plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Group indices into batches of similar length (longest first).
 
     Sentences are sorted by length; full batches are cut from each run of equal length and
@@ -58,6 +59,8 @@ def _plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     the tail would otherwise pad hundreds of short ones (`pipeline bench student` on 1,004
     Wikipedia sentences, docs/benchmarks.md: 2,149 sentences/s without the cap, 3,678 with).
     """
+    if len(lengths) == 1:
+        return [np.zeros(1, dtype=np.int64)]
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
     runs = np.split(order, np.flatnonzero(np.diff(sorted_lengths)) + 1)
@@ -86,6 +89,16 @@ def _plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
+def encoding_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
+    """A private copy for encoding: our own truncation, and no tokenizer-side padding (we pad
+    ourselves and need true lengths). Special tokens ([CLS] ... [SEP]) stay exactly as the
+    tokenizer's post-processor adds them, as in the teacher's stored token ids."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_length=max_length)
+    return copy
+
+
 class StudentEncoder:
     """A BiLSTM student plus the teacher's tokenizer, encoding sentences to teacher-space vectors.
 
@@ -95,8 +108,11 @@ class StudentEncoder:
     ``StudentEncoder.from_pretrained(folder)`` instead.
 
     Attributes: ``config`` (StudentConfig), ``model`` (BiLSTMEncoder), ``tokenizer`` (the
-    tokenizer exactly as given, which is what ``save_pretrained`` writes).
+    tokenizer exactly as given, which is what ``save_pretrained`` writes), ``backend``
+    (``"torch"`` here; ``student.deploy`` has the ONNX Runtime ones).
     """
+
+    backend = "torch"
 
     def __init__(
         self,
@@ -127,12 +143,7 @@ class StudentEncoder:
             )
         self.model = model
         self.tokenizer = tokenizer
-        # A private copy for encoding: our own truncation, and no tokenizer-side padding (we
-        # pad ourselves and need true lengths). Special tokens ([CLS] ... [SEP]) stay exactly
-        # as the tokenizer's post-processor adds them, as in the teacher's stored token ids.
-        self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=config.max_length)
+        self._tokenizer = encoding_tokenizer(tokenizer, config.max_length)
 
     @property
     def config(self) -> StudentConfig:
@@ -142,12 +153,24 @@ class StudentEncoder:
     # ------------------------------------------------------------------ loading / saving
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str]) -> StudentEncoder:
-        """Load a student folder written by ``save_pretrained`` (local files only).
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], backend: str | None = None
+    ) -> StudentEncoder:
+        """Load a student folder written by ``save_pretrained`` (local files only), or a folder
+        written by ``pipeline export --format onnx``.
+
+        ``backend``: None runs a student folder in torch and an exported folder on the runtime
+        it was exported for; ``"onnx"`` / ``"onnx-int8"`` run a student folder through ONNX
+        Runtime (fp32, or with int8 weights) without exporting it first. The result encodes
+        with the same ``encode`` contract whatever the backend (``student.deploy``).
 
         Anything wrong with the folder raises ``SraError`` with one line naming the file.
         """
         folder = Path(path)
+        if backend not in (None, "torch") or is_export(folder):
+            from student.deploy.encoder import load_encoder
+
+            return load_encoder(folder, backend)
         if not folder.is_dir():
             raise SraError(
                 f"student folder {folder} does not exist or is not a folder: pass the folder "
@@ -159,8 +182,8 @@ class StudentEncoder:
                     f"{folder / name} is missing: a student folder needs {CONFIG_FILE}, "
                     f"{WEIGHTS_FILE} and {TOKENIZER_FILE}; re-save it with save_pretrained"
                 )
-        config = _read_config(folder / CONFIG_FILE)
-        tokenizer = _read_tokenizer(folder / TOKENIZER_FILE, config)
+        config = read_config(folder / CONFIG_FILE)
+        tokenizer = read_tokenizer(folder / TOKENIZER_FILE, config)
         model = BiLSTMEncoder(config)
         _load_weights(model, folder / WEIGHTS_FILE)
         model.eval()
@@ -241,43 +264,58 @@ class StudentEncoder:
         dim = self.config.output_dim
         if not texts:
             return np.zeros((0, dim), dtype=np.float32)
-        if device is not None:
-            self.model.to(torch.device(device))
-        model_device = self.model.embedding.weight.device
 
         ids = [encoding.ids for encoding in self._tokenize(texts)]
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
         result = np.empty((len(texts), dim), dtype=np.float32)
 
-        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-        if model_device.type == "cpu" and cpu_bf16_supported():
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode(), autocast, self._progress(show_progress_bar) as advance:
-                for batch in _plan_batches(lengths, batch_size):
-                    batch_lengths = lengths[batch]
-                    padded = np.full(
-                        (len(batch), int(batch_lengths.max())), self.config.pad_id, dtype=np.int64
-                    )
-                    for row, index in enumerate(batch):
-                        padded[row, : batch_lengths[row]] = ids[index]
-                    vectors = self.model(
-                        torch.from_numpy(padded).to(model_device), torch.from_numpy(batch_lengths)
-                    )
-                    result[batch] = vectors.float().cpu().numpy()
-                    advance(len(batch), len(texts))
-        finally:
-            self.model.train(was_training)
+        with self._runner(device) as run, self._progress(show_progress_bar) as advance:
+            for batch in plan_batches(lengths, batch_size):
+                batch_lengths = lengths[batch]
+                padded = np.full(
+                    (len(batch), int(batch_lengths.max())), self.config.pad_id, dtype=np.int64
+                )
+                for row, index in enumerate(batch):
+                    padded[row, : batch_lengths[row]] = ids[index]
+                result[batch] = run(padded, batch_lengths)
+                advance(len(batch), len(texts))
 
         if normalize:
             norms = np.linalg.norm(result, axis=1, keepdims=True)
             result /= np.maximum(norms, np.float32(1e-12))
         return result[0] if single else result
 
+    @contextlib.contextmanager
+    def _runner(
+        self, device: str | None
+    ) -> Iterator[Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+        """Yields ``run(ids [B, T], lengths [B]) -> vectors [B, output_dim]`` (numpy in and out):
+        the model in eval mode under ``torch.inference_mode()``, with bf16 autocast on CPUs
+        with native bf16, its training mode restored afterwards. ``device`` moves the model
+        there first. Other backends (``student.deploy``) run batches their own way here."""
+        if device is not None:
+            self.model.to(torch.device(device))
+        model_device = self.model.embedding.weight.device
+        autocast: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if model_device.type == "cpu" and cpu_bf16_supported():
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+
+        def run(padded: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+            ids = torch.from_numpy(padded).to(model_device)
+            return self.model(ids, torch.from_numpy(lengths)).float().cpu().numpy()
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), autocast:
+                yield run
+        finally:
+            self.model.train(was_training)
+
     def _tokenize(self, texts: list[str]) -> list[Any]:
         try:
+            if len(texts) == 1:  # one sentence (a latency-bound call): no batch machinery
+                return [self._tokenizer.encode(texts[0])]
             return self._tokenizer.encode_batch(texts)
         except TypeError:
             # The tokenizer takes only text that encodes as UTF-8: name the item that does not
@@ -309,7 +347,7 @@ class StudentEncoder:
             yield advance
 
 
-def _read_config(path: Path) -> StudentConfig:
+def read_config(path: Path) -> StudentConfig:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -337,7 +375,7 @@ def _read_config(path: Path) -> StudentConfig:
         ) from None
 
 
-def _read_tokenizer(path: Path, config: StudentConfig) -> Tokenizer:
+def read_tokenizer(path: Path, config: StudentConfig) -> Tokenizer:
     try:
         tokenizer = Tokenizer.from_file(os.fspath(path))
     except Exception as error:

@@ -30,6 +30,12 @@ softmax); multi-label, every label whose logit is above 0 (probabilities: one si
 label, so 0.5 is the threshold); regression, the head's output mapped from [0, 1] back to
 the task's score range (``TaskSpec.from_unit``). Fine-tuning reads its dev predictions the same
 way (``read_predictions``), so a loaded model predicts what the run reported.
+
+Where it runs: an engine turns texts into the head's outputs (``logits(first, second,
+batch_size)``): ``TorchEngine`` here, or ``student.deploy.task.OnnxTaskEngine`` on ONNX Runtime
+(``backend="onnx"`` / ``"onnx-int8"``, and the folder `pipeline export --model RUN` writes, which
+holds this ``task_model.json`` beside its ``model.onnx``). Everything else (the task, the checks
+on inputs, how outputs read) is this module's, whichever engine runs.
 """
 
 from __future__ import annotations
@@ -99,6 +105,12 @@ def label_names(task: TaskSpec, predictions: np.ndarray) -> list[Any]:
 
 
 # ------------------------------------------------------------------------ the folder
+
+
+def is_task_run(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is a fine-tuning run (it has ``finetune.json``), cheaply; an
+    exported task model is not one (``student.deploy.folder.is_export``)."""
+    return (Path(folder) / RUN_FILE).is_file()
 
 
 def task_model_info(
@@ -230,21 +242,36 @@ class TaskModel:
     def from_pretrained(
         cls, path: str | os.PathLike[str], backend: str | None = None, *, device: str | None = None
     ) -> TaskModel:
-        """Load the folder `pipeline finetune --out` wrote (local files only).
+        """Load the folder `pipeline finetune --out` wrote, or the folder `pipeline export
+        --model RUN` wrote from it (local files only).
 
-        ``backend``: None or ``"torch"`` runs the student in PyTorch. Other engines (ONNX
-        Runtime) come from ``student.deploy`` where it is installed. ``device``: ``"cpu"`` or
-        ``"cuda"`` (default: where torch puts new tensors, the CPU).
+        ``backend``: for a fine-tuned run, None or ``"torch"`` runs the student in PyTorch;
+        ``"onnx"`` / ``"onnx-int8"`` build its ONNX graph in memory (fp32, or int8 weights) and
+        run it on ONNX Runtime (``student.deploy``; needs the ``deploy`` extra). An exported
+        folder runs on ONNX Runtime as it was exported (None), or ``"onnx-int8"`` from an fp32
+        export. ``device``: ``"cpu"`` or ``"cuda"`` (default: the CPU).
         Anything wrong with the folder is one ``SraError`` line saying what to do.
         """
+        from student.deploy.encoder import check_backend
+        from student.deploy.folder import is_export
+
+        check_backend(backend)
         folder = Path(path)
+        exported = is_export(folder)
+        if exported:  # an encoder export, or one without its task definition: say so first
+            from student.deploy.task import check_task_export
+
+            check_task_export(folder)
         info = read_task_model_info(folder)
         try:
             task = TaskSpec.from_dict(info["task"])
         except (KeyError, ValueError) as e:
             raise SraError(f"{folder / TASK_MODEL_FILE} holds no valid task ({e})") from None
-        if backend not in (None, "torch"):
-            return cls(task, _deploy_engine(folder, backend, device), info, backend)
+        if exported or backend not in (None, "torch"):
+            from student.deploy.task import onnx_task_engine
+
+            engine = onnx_task_engine(folder, info, task, backend, device=device)
+            return cls(task, engine, info, engine.backend)
         return cls(task, TorchEngine.load(folder, info, task, device), info, "torch")
 
     # -- predicting ----------------------------------------------------------------------
@@ -389,15 +416,3 @@ class TorchEngine:
     @property
     def head_outputs(self) -> int:
         return int(list(self.head.parameters())[-1].shape[0])
-
-
-def _deploy_engine(folder: Path, backend: str, device: str | None) -> Any:
-    """Another engine for the same folder, from ``student.deploy`` (ONNX Runtime)."""
-    try:
-        from student.deploy.task import load_task_model  # type: ignore[import-not-found]
-    except ImportError:
-        raise SraError(
-            f"backend {backend!r} needs student.deploy, which this version does not have; "
-            "use backend='torch' (the default)"
-        ) from None
-    return load_task_model(folder, backend, device=device)

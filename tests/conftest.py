@@ -297,6 +297,31 @@ def distil_tiny_student(root: Path, teacher: Path, n: int = 300, steps: int = 20
     return train(cfg)
 
 
+def make_task_run(folder: Path, encoder, task: str, pair: bool, kind: str, labels):  # type: ignore[no-untyped-def]
+    """A fine-tuned run folder as `pipeline finetune` writes it (encoder/, head.safetensors,
+    finetune.json's head entry), with a random head over ``encoder`` (a StudentEncoder)."""
+    import json
+
+    import safetensors.torch
+    import torch
+
+    from student.finetuning.head import TaskHead
+
+    torch.manual_seed(1)
+    outputs = len(labels) if labels else 1
+    head = TaskHead(encoder.config.output_dim, pair, outputs, kind, 7, 0.1)
+    folder.mkdir(parents=True)
+    encoder.save_pretrained(folder / "encoder")
+    state = {k: v.contiguous() for k, v in head.state_dict().items()}
+    safetensors.torch.save_file(state, folder / "head.safetensors")
+    run = {
+        "task": task,
+        "head": {"kind": kind, "hidden": 7, "pair": pair, "outputs": outputs, "labels": labels},
+    }
+    (folder / "finetune.json").write_text(json.dumps(run))
+    return folder
+
+
 def write_table(path: Path, rows: list[dict[str, Any]]) -> Path:
     """One task file in the format its name says (gzip'd when it ends in .gz)."""
     name = path.name.removesuffix(".gz")

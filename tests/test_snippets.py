@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, WORDS, distil_tiny_student, write_glue
+from tests.conftest import REPO, WORDS, distil_tiny_student, embed_any, write_glue
 
-DOCS = ["README.md", "docs/cache.md", "docs/cli.md"]
+DOCS = ["README.md", "docs/cache.md", "docs/cli.md", "docs/deploy.md", "docs/tasks.md"]
 PACKAGES = ["pipeline", "student", "cache"]
 
 
@@ -140,7 +140,58 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
     (root / "caches").mkdir()
     shutil.copytree(open_cache_path(run), root / "caches" / "wiki-minilm")
     shutil.copytree(run, root / "runs" / "sra-minilm")
+    fine_tuned_models(root, tiny_bert)
     return root
+
+
+def fine_tuned_models(root: Path, teacher: Path) -> None:
+    """`runs/tickets` and `runs/sst2` (the student fine-tuned on an own task and on GLUE), and
+    the exports the README's Deploy section loads (`exports/...`)."""
+    import torch
+
+    from cache.options import configure
+    from pipeline.export import ExportConfig, export
+    from student.finetuning.config import FinetuneConfig
+    from student.finetuning.loop import finetune
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, corpus in (
+            ("tickets", f"task:{root / 'data' / 'tickets'}"),
+            ("sst2", "glue:sst2"),
+        ):
+            cache = root / "caches" / f"{name}-minilm"
+            embed_any(
+                corpus=corpus,
+                glue_dir=str(root / "glue"),
+                out=cache,
+                teacher=str(teacher),
+                window=64,
+                progress=False,
+                dtype="fp32",
+            )
+            finetune(
+                configure(
+                    FinetuneConfig,
+                    student=str(root / "runs" / "sra-minilm"),
+                    cache=cache,
+                    out=root / "runs" / name,
+                    epochs=1,
+                    batch_size=16,
+                    bf16=False,
+                    progress=False,
+                )
+            )
+        student = root / "runs" / "sra-minilm"
+        for model, out, options in (
+            (student, "sra-minilm-int8", {"int8": True}),
+            (student, "sra-minilm-st", {"format": "sentence-transformers"}),
+            (root / "runs" / "sst2", "sst2", {}),
+        ):
+            export(configure(ExportConfig, model=model, out=root / "exports" / out, **options))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_tickets(folder: Path) -> None:

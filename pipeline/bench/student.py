@@ -1,28 +1,44 @@
-"""`pipeline bench student`: the student's size and speed against its teacher and BERT-base.
+"""`pipeline bench student`: the deployment frontier in one run, quality beside speed.
 
-Every model encodes the same sentences (default: the unique sentences of STS-B dev), text in,
-vectors out, tokenization included:
+Every model encodes the same sentences, text in, vectors out, tokenization included, for each
+sentence set (``--sentences``, repeatable: ``stsb`` = the unique sentences of STS-B dev,
+``wiki`` = 1,000 Wikipedia sentences split and filtered as ``pipeline embed`` does, or a file
+with one sentence per line) and each thread count (``--threads 1,2``):
 
-- the student: ``StudentEncoder.encode(sentences, batch_size=...)``, exactly what a user calls
-  (length-sorted batches, bf16 autocast on CPUs with native bf16);
+- each student (``--student``, repeatable) on each backend (``--backend torch,onnx,onnx-int8``):
+  ``StudentEncoder.from_pretrained(folder, backend=...).encode(sentences, batch_size=...)``,
+  exactly what a user calls (length-sorted batches; bf16 autocast on CPUs with native bf16);
 - the teacher at its best stage-one setting: ``pipeline.teacher.Teacher`` (dtype auto = bf16
   where native, Linear weights cast once, optional ``--compile``), sentences sorted by length
-  and cut into batches by the same token budget as ``pipeline embed``;
-- a BERT-base-sized encoder with random weights (the paper's teacher size), built in code
-  and run exactly like the teacher, on at most 1,000 of the sentences, for throughput only.
+  and cut into batches by the same token budget as ``pipeline embed``; with ``--teacher-onnx``
+  also exported to ONNX and run on ONNX Runtime, fp32 and int8 (``bench/onnx_teacher.py``);
+- a BERT-base-sized encoder with random weights (the paper's teacher size), built in code and
+  run exactly like the teacher (and on ONNX Runtime with ``--teacher-onnx``), on at most 1,000
+  of the sentences (``--bert-base-sentences``), for speed only;
+- with ``--model2vec DIR``, a static baseline: Model2Vec distilled from the same teacher (into
+  DIR first when DIR does not hold one; needs the ``bench`` extra).
 
-Throughput: one untimed warm-up pass (kernel selection, allocator pools, compilation), then
-three timed passes; the headline is the median pass (all three are in the JSON). Latency:
-``--latency-samples`` calls with one sentence each, after a few untimed calls; p50 and p95.
-Everything runs on the CPU.
+Quality beside speed (on by default; ``--no-quality`` skips it): STS-B dev zero-shot Spearman
+of cosine similarity for every model that has a meaning (not the random BERT); for each ONNX
+row, the cosine of its vector to the torch fp32 model's, per STS-B dev sentence (min, mean);
+and for ``--student FOLDER:RUN`` (or a fine-tuned run given directly), the dev metric of the
+fine-tuned run RUN (``pipeline finetune --out``) on each backend.
+
+Timing. Throughput: one untimed warm-up pass, then three timed passes; the median is the
+headline (all three are in the JSON). Latency: ``--latency-samples`` calls with one sentence
+each, after ten untimed calls; p50 and p95. Speed-ups are against the fastest fp32 teacher row
+(torch, or ONNX: the teacher's own answers) and the fastest BERT-base row of the same sentence
+set and thread count. Everything runs on the CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,109 +48,196 @@ import torch
 from cache.errors import SraError
 from pipeline.bench.machine import machine_info, machine_line
 
-REPO = Path(__file__).resolve().parents[1]
-STS_B_DEV = REPO.parent / "shared" / "data" / "glue" / "STS-B" / "dev.tsv"
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+STS_B_DEV = SHARED_DATA / "glue" / "STS-B" / "dev.tsv"
+GLUE_DIR = SHARED_DATA / "glue"
+WIKI_DUMP = SHARED_DATA / "wiki" / "enwiki_2015_wikiextractor_AA-AB.txt.gz"
+WIKI_SAMPLE, WIKI_STRIDE = 1000, 20  # every 20th of the dump's first 20,000 sentences
 TIMED_PASSES = 3
 LATENCY_WARMUP_CALLS = 10
 BERT_BASE_SIZE = (768, 12, 12, 3072)  # hidden, layers, heads, intermediate
 BERT_BASE_MAX_SENTENCES = 1000
 CPU_TOKEN_BUDGET = 4096  # pipeline embed's default on CPU: padded tokens per teacher batch
-SPEEDUP_TARGET = 5.0
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# The issue's deployment targets, checked on the Wikipedia set at the most threads measured.
+TARGET = {"min_stsb_spearman": 0.83, "vs_teacher": 12.0, "vs_bert_base": 80.0, "max_p50_ms": 1.0}
 
-Encode = Callable[[list[str]], object]
+STUDENT, TEACHER, BERT, STATIC = "student", "teacher", "BERT-base (random)", "static (Model2Vec)"
+
+
+@dataclass
+class SentenceSet:
+    name: str
+    source: str
+    texts: list[str]
+
+
+@dataclass
+class Entry:
+    """One row of the table: what it is (``row``, JSON-ready) and how to get an encoder for
+    a thread count (``make(threads) -> (encode(list) -> vectors, encode_one(str) or None)``)."""
+
+    row: dict[str, Any]
+    make: Callable[[int], tuple[Callable[[list[str]], Any], Callable[[str], Any] | None]]
+    subset: bool = False  # BERT-base: at most BERT_BASE_MAX_SENTENCES sentences
+    quality: Callable[[Callable[[list[str]], Any]], dict[str, Any]] | None = None
+
+
+@dataclass
+class StudentSpec:
+    folder: Path  # the StudentEncoder folder
+    run: Path | None = None  # a fine-tuned run whose dev metric is reported
+    label: str = ""
+
+
+@dataclass
+class _Quality:
+    """STS-B dev pairs and what reference vectors the ONNX rows are compared with."""
+
+    pairs: Any | None
+    unique: list[str]
+    references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def bench_student(
-    student: Path,
-    sentences_file: Path | None = None,
+    students: Sequence[str | Path],
+    sentences: Sequence[str | Path] | None = None,
     *,
     limit: int | None = None,
     batch_size: int = 256,
     latency_samples: int = 200,
+    threads: Sequence[int] | None = None,
+    backends: Sequence[str] = ("torch",),
     teacher: str | None = None,
     compile: bool = False,
+    teacher_onnx: bool = False,
     bert_base: bool = True,
     bert_base_size: Sequence[int] = BERT_BASE_SIZE,
+    bert_base_sentences: int = BERT_BASE_MAX_SENTENCES,
+    model2vec: Path | None = None,
+    quality: bool = True,
 ) -> dict[str, Any]:
-    """Measure the student, its teacher and (optionally) a random BERT-base; return JSON-ready
-    results. See the module docstring for what each number is."""
-    if batch_size < 1 or latency_samples < 1:
-        raise SraError("--batch-size and --latency-samples must be >= 1")
-    texts, source = load_sentences(sentences_file, limit)
-    folder = student_folder(student)
+    """Measure every model on every sentence set and thread count; JSON-ready results."""
+    if batch_size < 1 or latency_samples < 1 or bert_base_sentences < 1:
+        raise SraError("--batch-size, --latency-samples and --bert-base-sentences must be >= 1")
+    if not students:
+        raise SraError("pass at least one --student")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise SraError(f"--backend takes a comma list of {', '.join(BACKENDS)}, got {backends}")
+    thread_counts = list(threads) if threads else [torch.get_num_threads()]
+    if any(t < 1 for t in thread_counts):
+        raise SraError(f"--threads must be >= 1, got {thread_counts}")
+    sets = [load_set(spec, limit) for spec in (sentences or ["stsb"])]
+    specs = [parse_student(s) for s in students]
     started_load = os.getloadavg()
+    previous_threads = torch.get_num_threads()
+    notes: list[str] = []
 
-    picks = _latency_picks(texts, latency_samples)
-    student_row, recorded, max_length = _student_row(folder, texts, picks, batch_size)
-    rows = [student_row]
-
-    tutor, notes = _load_teacher(teacher, recorded, max_length, compile)
-    run_teacher = teacher_encoder(tutor)
-    tokens = [len(e.ids) for e in tutor.backend.encode_batch(texts)]
-    teacher_row = {
-        "model": "teacher",
-        "name": tutor.name,
-        "dtype": tutor.dtype,
-        "compiled": compile,
-        "params": _params(tutor.model),
-        "mb_on_disk": _weights_mb(tutor.source),
-        **_throughput(run_teacher, texts),
-        **_latency(lambda s: run_teacher([s]), picks),
-    }
-    rows.append(teacher_row)
-
+    refs = _Quality(_read_sts_pairs(notes) if quality else None, [])
+    if refs.pairs is not None:
+        refs.unique = list(dict.fromkeys(refs.pairs.first + refs.pairs.second))
+    entries: list[Entry] = []
+    first = _load_student(specs[0].folder)
+    for spec in specs:
+        entries += student_entries(spec, backends, batch_size, refs)
+    tutor, teacher_notes = _load_teacher(
+        teacher, first.config.teacher, first.config.max_length, compile
+    )
+    notes += teacher_notes
+    entries += teacher_entries(tutor, teacher_onnx, refs)
     if bert_base:
-        rows.append(_bert_base_row(tutor, texts, bert_base_size))
-    del tutor
-    for row in rows:
-        row["speedup_vs_teacher"] = round(
-            row["sentences_per_second"] / teacher_row["sentences_per_second"], 2
-        )
-    speedup = rows[0]["speedup_vs_teacher"]
+        entries += bert_entries(tutor, bert_base_size, teacher_onnx)
+    if model2vec is not None:
+        entries.append(static_entry(model2vec, tutor, notes))
+
+    try:
+        for count in thread_counts:
+            torch.set_num_threads(count)
+            for entry in entries:
+                encode, one = entry.make(count)
+                name = f"{_label(entry.row)} {entry.row['backend']}"
+                for s in sets:
+                    texts = _subset(s.texts, bert_base_sentences) if entry.subset else s.texts
+                    _progress(f"{name}: {s.name}, {count} threads")
+                    speed = _throughput(encode, texts)
+                    speed.update(_latency(one, _latency_picks(texts, latency_samples)))
+                    if entry.subset:
+                        speed["sentences"] = len(texts)
+                    entry.row["speed"].setdefault(s.name, {})[str(count)] = speed
+                if quality and entry.quality is not None and count == max(thread_counts):
+                    _progress(f"{name}: quality")
+                    entry.row["quality"] = entry.quality(encode)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    rows = [e.row for e in entries]
+    _speedups(rows, sets, thread_counts)
     return {
         "benchmark": "pipeline bench student",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine_info(),
         "load_average_before_after": [round(started_load[0], 2), round(os.getloadavg()[0], 2)],
-        "sentences": {"source": source, "count": len(texts), "mean_tokens": _mean(tokens)},
+        "sentences": [
+            {
+                "name": s.name,
+                "source": s.source,
+                "count": len(s.texts),
+                "mean_tokens": _mean([len(e.ids) for e in tutor.backend.encode_batch(s.texts)]),
+            }
+            for s in sets
+        ],
+        "threads": thread_counts,
         "throughput": f"median of {TIMED_PASSES} timed passes after one warm-up pass",
         "latency": f"{latency_samples} single-sentence encode calls after "
         f"{LATENCY_WARMUP_CALLS} warm-up calls",
         "student_batch_size": batch_size,
         "teacher_token_budget": CPU_TOKEN_BUDGET,
         "models": rows,
-        "target": {
-            "student_speedup_vs_teacher": SPEEDUP_TARGET,
-            "measured": speedup,
-            "met": speedup >= SPEEDUP_TARGET,
-        },
+        "target": _target(rows, sets, thread_counts),
         "notes": notes,
     }
+
+
+def _progress(what: str) -> None:
+    """A long benchmark says where it is (stderr, so the tables and JSON stay clean)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ inputs
 
 
-def load_sentences(path: Path | None, limit: int | None) -> tuple[list[str], str]:
-    """Sentences, one per line of ``path``; by default the unique sentences of STS-B dev."""
-    if path is not None:
+def load_set(spec: str | Path, limit: int | None) -> SentenceSet:
+    """``stsb``, ``wiki`` or a file (see the module doc), cut to ``limit`` sentences."""
+    name = str(spec)
+    if name == "stsb":
+        if not STS_B_DEV.is_file():
+            raise SraError(
+                f"STS-B dev is not at {STS_B_DEV} (set PIPELINE_SHARED_DATA); pass "
+                "--sentences FILE (one sentence per line)"
+            )
+        texts, source = _sts_b_sentences(STS_B_DEV), f"{STS_B_DEV} (unique sentences)"
+    elif name == "wiki":
+        texts, source = _wiki_sentences()
+    else:
+        path = Path(spec)
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise SraError(f"cannot read --sentences {path}: {e}") from None
-        texts, source = [line.strip() for line in lines if line.strip()], str(path)
-    elif STS_B_DEV.is_file():
-        texts, source = _sts_b_sentences(STS_B_DEV), f"{STS_B_DEV} (unique sentences)"
-    else:
-        raise SraError(
-            f"no --sentences FILE given and STS-B dev is not at {STS_B_DEV}; "
-            "pass --sentences FILE (one sentence per line)"
-        )
+        texts, source, name = [x.strip() for x in lines if x.strip()], str(path), path.stem
     if limit is not None:
         texts = texts[:limit]
     if not texts:
         raise SraError(f"no sentences to encode in {source}")
-    return texts, source
+    return SentenceSet(name, source, texts)
+
+
+def load_sentences(path: Path | None, limit: int | None) -> tuple[list[str], str]:
+    """Sentences, one per line of ``path``; by default the unique sentences of STS-B dev."""
+    s = load_set(path if path is not None else "stsb", limit)
+    return s.texts, s.source
 
 
 def _sts_b_sentences(path: Path) -> list[str]:
@@ -151,6 +254,44 @@ def _sts_b_sentences(path: Path) -> list[str]:
     return list(seen)
 
 
+def _wiki_sentences() -> tuple[list[str], str]:
+    """Every 20th of the first 20,000 sentences of the Wikipedia dump, as stage one cuts them."""
+    from pipeline.corpus import CorpusSpec, CorpusStats
+    from pipeline.sentences import FilterConfig, iter_sentences
+
+    dump = os.environ.get("PIPELINE_WIKI_DUMP") or (str(WIKI_DUMP) if WIKI_DUMP.is_file() else "")
+    if not dump:
+        raise SraError(
+            f"--sentences wiki needs the Wikipedia dump: set PIPELINE_WIKI_DUMP (not found at "
+            f"{WIKI_DUMP})"
+        )
+    stream = iter_sentences(
+        CorpusSpec("wiki", wiki_dump=dump),
+        FilterConfig(dedup_slots=1 << 20),
+        WIKI_SAMPLE * WIKI_STRIDE,
+        CorpusStats(),
+    )
+    texts = [text for i, (text, _) in enumerate(stream) if i % WIKI_STRIDE == 0]
+    return texts, f"{dump} (every {WIKI_STRIDE}th of the first {WIKI_SAMPLE * WIKI_STRIDE:,})"
+
+
+def parse_student(spec: str | Path) -> StudentSpec:
+    """``FOLDER``, ``FOLDER:RUN`` (a fine-tuned run whose dev metric to report), or a
+    fine-tuned run itself (its ``encoder/`` is timed, its metric reported)."""
+    from student.task_model import is_task_run
+
+    text = str(spec)
+    folder, run = Path(text), None
+    if not folder.exists() and ":" in text:
+        left, right = text.rsplit(":", 1)
+        folder, run = Path(left), Path(right)
+        if not run.is_dir():
+            raise SraError(f"--student {text}: the fine-tuned run {run} is not a folder")
+    elif is_task_run(folder):
+        run = folder
+    return StudentSpec(student_folder(folder), run, label=text)
+
+
 def student_folder(path: Path) -> Path:
     """The folder holding the StudentEncoder: RUN itself, or RUN/encoder for runs (such as
     fine-tuning) that keep it in a subfolder."""
@@ -160,28 +301,251 @@ def student_folder(path: Path) -> Path:
     return path
 
 
-def _student_row(
-    folder: Path, texts: list[str], picks: list[str], batch_size: int
-) -> tuple[dict[str, Any], str, int]:
-    """The student's measurements, and the teacher and max length its config records."""
-    encoder = _load_student(folder)
+def _read_sts_pairs(notes: list[str]) -> Any | None:
+    from student.sts import read_pairs
+
+    if not STS_B_DEV.is_file():
+        notes.append(f"STS-B dev not found at {STS_B_DEV}: no STS-B quality column")
+        return None
+    return read_pairs(STS_B_DEV)
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def student_entries(
+    spec: StudentSpec, backends: Sequence[str], batch_size: int, refs: _Quality
+) -> list[Entry]:
+    """One row per backend; the ONNX graph is built (and quantized) once, sessions per thread
+    count, since an ONNX Runtime session's thread pool is fixed when it opens."""
+    from student.deploy.encoder import OnnxStudentEncoder, load_encoder
+
+    base = _load_student(spec.folder)
+    entries = []
+    for backend in backends:
+        loaded = (
+            base if backend == "torch" else _load(lambda b=backend: load_encoder(spec.folder, b))
+        )
+        on_disk = (
+            _mb(spec.folder / "model.safetensors")
+            if backend == "torch"
+            else round(len(loaded.onnx_model) / 1e6, 1)
+        )
+        row = {
+            "model": STUDENT,
+            "backend": backend,
+            "dtype": _student_dtype(backend),
+            "path": str(spec.folder),
+            "name": spec.label,
+            "params": _params(base.model),
+            "mb_on_disk": on_disk,
+            "speed": {},
+        }
+
+        def make(count: int, loaded: Any = loaded, backend: str = backend) -> Any:
+            encoder = loaded
+            if backend != "torch":
+                encoder = OnnxStudentEncoder(
+                    loaded.config,
+                    loaded.tokenizer,
+                    loaded.onnx_model,
+                    int8=loaded.backend == "onnx-int8",
+                    threads=count,
+                )
+
+            def encode(texts: list[str]) -> np.ndarray:
+                return encoder.encode(texts, batch_size=batch_size)
+
+            return encode, encoder.encode
+
+        entries.append(
+            Entry(row, make, quality=_student_quality(spec, backend, base, refs, batch_size))
+        )
+    return entries
+
+
+def _student_dtype(backend: str) -> str:
+    if backend == "onnx-int8":
+        return "int8"
+    if backend == "onnx":
+        return "fp32"
+    from student.runtime import cpu_bf16_supported
+
+    return "bf16" if cpu_bf16_supported() else "fp32"
+
+
+def _student_quality(
+    spec: StudentSpec, backend: str, base: Any, refs: _Quality, batch_size: int
+) -> Callable[[Callable[[list[str]], Any]], dict[str, Any]]:
+    def measure(encode: Callable[[list[str]], Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if refs.pairs is not None:
+            vectors = np.asarray(encode(refs.unique))
+            out["stsb_spearman"] = _sts_spearman(refs, vectors)
+            key = f"student:{spec.folder}"
+            if backend == "torch":
+                refs.references[key] = vectors
+            else:
+                reference = refs.references.get(key)
+                if reference is None:
+                    reference = refs.references[key] = base.encode(
+                        refs.unique, batch_size=batch_size
+                    )
+                out.update(_agreement(vectors, reference))
+        if spec.run is not None:
+            out.update(task_quality(spec.run, backend))
+        return out
+
+    return measure
+
+
+def teacher_entries(tutor: Any, with_onnx: bool, refs: _Quality) -> list[Entry]:
+    run = teacher_encoder(tutor)
     row = {
-        "model": "student",
-        "path": str(folder),
-        "params": _params(encoder.model),
-        "mb_on_disk": _mb(folder / "model.safetensors"),
-        **_throughput(lambda batch: encoder.encode(batch, batch_size=batch_size), texts),
-        **_latency(encoder.encode, picks),
+        "model": TEACHER,
+        "backend": "torch",
+        "dtype": tutor.dtype,
+        "compiled": tutor.compiled,
+        "name": tutor.name,
+        "params": _params(tutor.model),
+        "mb_on_disk": _weights_mb(tutor.source),
+        "speed": {},
     }
-    return row, encoder.config.teacher, encoder.config.max_length
+    entries = [
+        Entry(row, lambda count: (run, lambda s: run([s])), quality=_teacher_quality(refs, None))
+    ]
+    if with_onnx:
+        entries += _onnx_rows(tutor, row, refs, quality=True)
+    return entries
+
+
+def _onnx_rows(tutor: Any, torch_row: dict[str, Any], refs: _Quality, quality: bool) -> list[Entry]:
+    """The same encoder exported to ONNX, on ONNX Runtime in fp32 and with int8 weights."""
+    from pipeline.bench.onnx_teacher import export_encoder, onnx_encoder
+    from student.deploy.session import quantize_int8
+
+    fp32 = export_encoder(tutor.model, int(tutor.config.vocab_size))
+    entries = []
+    for backend, model in (("onnx", fp32), ("onnx-int8", quantize_int8(fp32))):
+        row = {
+            **{k: v for k, v in torch_row.items() if k not in ("speed", "compiled")},
+            "backend": backend,
+            "dtype": "int8" if backend == "onnx-int8" else "fp32",
+            "mb_on_disk": round(len(model) / 1e6, 1) if torch_row["mb_on_disk"] else None,
+            "speed": {},
+        }
+
+        def make(count: int, model: bytes = model) -> Any:
+            run = onnx_encoder(tutor, model, CPU_TOKEN_BUDGET, count)
+            return run, lambda s: run([s])
+
+        check = _teacher_quality(refs, tutor) if quality else None
+        entries.append(Entry(row, make, subset=torch_row["model"] == BERT, quality=check))
+    return entries
+
+
+def _teacher_quality(
+    refs: _Quality, tutor: Any | None
+) -> Callable[[Callable[[list[str]], Any]], dict[str, Any]] | None:
+    """STS-B Spearman; for ONNX rows (``tutor`` given) also the cosine to the torch teacher."""
+    if refs.pairs is None:
+        return None
+
+    def measure(encode: Callable[[list[str]], Any]) -> dict[str, Any]:
+        vectors = np.asarray(encode(refs.unique))
+        out: dict[str, Any] = {"stsb_spearman": _sts_spearman(refs, vectors)}
+        if tutor is None:
+            refs.references["teacher"] = vectors
+        else:
+            reference = refs.references.get("teacher")
+            if reference is None:
+                reference = refs.references["teacher"] = teacher_encoder(tutor)(refs.unique)
+            out.update(_agreement(vectors, reference))
+        return out
+
+    return measure
+
+
+def bert_entries(tutor: Any, size: Sequence[int], with_onnx: bool) -> list[Entry]:
+    bert = random_bert_base(tutor, size)
+    run = teacher_encoder(bert)
+    row = {
+        "model": BERT,
+        "backend": "torch",
+        "dtype": tutor.dtype,
+        "compiled": tutor.compiled,
+        "name": bert.name,
+        "params": _params(bert.model),
+        "mb_on_disk": None,  # never saved; mb_fp32 is what its weights would take
+        "mb_fp32": round(_params(bert.model) * 4 / 1e6, 1),
+        "speed": {},
+    }
+    entries = [Entry(row, lambda count: (run, lambda s: run([s])), subset=True)]
+    if with_onnx:
+        entries += _onnx_rows(bert, row, _Quality(None, []), quality=False)
+    return entries
+
+
+def static_entry(folder: Path, tutor: Any, notes: list[str]) -> Entry:
+    """Model2Vec from the teacher: loaded from ``folder``, or distilled into it first."""
+    try:
+        from model2vec import StaticModel
+    except ImportError as e:
+        raise SraError("--model2vec needs model2vec: pip install 'sra-distill[bench]'") from e
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        started = time.perf_counter()
+        distill_model2vec(tutor.source, folder)
+        notes.append(
+            f"Model2Vec distilled from {tutor.name} into {folder} "
+            f"({time.perf_counter() - started:.0f} s, pca_dims 256)"
+        )
+    model = StaticModel.from_pretrained(str(folder))
+    params = int(np.prod(model.embedding.shape))
+    files = [p for p in folder.iterdir() if p.suffix == ".safetensors"]
+    row = {
+        "model": STATIC,
+        "backend": "numpy",
+        "dtype": str(model.embedding.dtype),
+        "name": str(folder),
+        "params": params,
+        "mb_on_disk": round(sum(p.stat().st_size for p in files) / 1e6, 1),
+        "speed": {},
+    }
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=1024)
+
+    def quality(run: Callable[[list[str]], Any]) -> dict[str, Any]:
+        refs = _Quality(_read_sts_pairs([]), [])
+        if refs.pairs is None:
+            return {}
+        refs.unique = list(dict.fromkeys(refs.pairs.first + refs.pairs.second))
+        return {"stsb_spearman": _sts_spearman(refs, np.asarray(run(refs.unique)))}
+
+    return Entry(row, lambda count: (encode, lambda s: model.encode([s])), quality=quality)
+
+
+def distill_model2vec(teacher_source: str, folder: Path) -> None:
+    """Model2Vec's own distillation from the teacher (its default recipe, 256 PCA dims)."""
+    try:
+        from model2vec.distill import distill
+    except ImportError as e:
+        raise SraError(
+            "distilling Model2Vec needs model2vec[distill]: pip install 'sra-distill[bench]'"
+        ) from e
+    distill(model_name=teacher_source, pca_dims=256, device="cpu").save_pretrained(str(folder))
 
 
 def _load_student(folder: Path) -> Any:
-    from cache.errors import SraError
     from student.encoder import StudentEncoder
 
+    return _load(lambda: StudentEncoder.from_pretrained(folder))
+
+
+def _load(fn: Callable[[], Any]) -> Any:
     try:
-        return StudentEncoder.from_pretrained(folder)
+        return fn()
     except SraError as e:
         raise SraError(str(e)) from None
 
@@ -206,9 +570,6 @@ def _load_teacher(
     except SraError as e:
         note = f"the student's teacher {recorded!r} did not load ({e}); used the default teacher"
         return Teacher(None, **kw), [note]
-
-
-# ------------------------------------------------------------------------------ models
 
 
 def teacher_encoder(teacher: Any) -> Callable[[list[str]], np.ndarray]:
@@ -260,33 +621,53 @@ def random_bert_base(teacher: Any, size: Sequence[int]) -> Any:
     return bert
 
 
-def _bert_base_row(teacher: Any, texts: list[str], size: Sequence[int]) -> dict[str, Any]:
-    # An even spread over the sentences, so its length mix matches the full set's.
-    step = max(1, -(-len(texts) // BERT_BASE_MAX_SENTENCES))
-    subset = texts[::step][:BERT_BASE_MAX_SENTENCES]
-    bert = random_bert_base(teacher, size)
-    row = {
-        "model": "BERT-base (random)",
-        "name": bert.name,
-        "dtype": teacher.dtype,
-        "compiled": teacher.compiled,
-        "params": _params(bert.model),
-        "mb_on_disk": None,  # never saved; mb_fp32 is what its weights would take
-        "mb_fp32": round(_params(bert.model) * 4 / 1e6, 1),
-        **_throughput(teacher_encoder(bert), subset),
-        "p50_ms": None,
-        "p95_ms": None,
-        "sentences": len(subset),
-        "mean_tokens": _mean([len(e.ids) for e in teacher.backend.encode_batch(subset)]),
+# ------------------------------------------------------------------------------ quality
+
+
+def _sts_spearman(refs: _Quality, vectors: np.ndarray) -> float:
+    from student.sts import cosine_rows, spearman
+
+    index = {text: i for i, text in enumerate(refs.unique)}
+    a = vectors[[index[t] for t in refs.pairs.first]]
+    b = vectors[[index[t] for t in refs.pairs.second]]
+    return round(float(spearman(cosine_rows(a, b), refs.pairs.scores)), 4)
+
+
+def _agreement(vectors: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    from student.sts import cosine_rows
+
+    cos = cosine_rows(vectors, reference)
+    return {
+        "cos_to_fp32_min": round(float(cos.min()), 6),
+        "cos_to_fp32_mean": round(float(cos.mean()), 6),
     }
-    del bert
-    return row
+
+
+def task_quality(run: Path, backend: str) -> dict[str, Any]:
+    """The fine-tuned run's dev metric on ``backend`` (its task's main metric), for GLUE
+    tasks (read from the GLUE folder; an own task's dev split is not re-read here)."""
+    from cache.tasks import get_task, is_glue_name
+    from pipeline.tasks.glue import read_split
+    from student.finetuning.metrics import task_scores
+    from student.task_model import TaskModel, read_predictions
+
+    model = _load(lambda: TaskModel.from_pretrained(run, backend))
+    if not is_glue_name(model.task.name):
+        return {"task": model.task.name, "task_metric": None, "task_score": None}
+    task = get_task(model.task.name)
+    examples = read_split(task, "dev", GLUE_DIR)
+    first = [e.text_a for e in examples]
+    second = [e.text_b or "" for e in examples] if task.pair else None
+    predictions = read_predictions(task, model.outputs(first, second))
+    labels = np.asarray([e.label for e in examples])
+    score = task_scores(task, predictions, labels)[task.main_metric]
+    return {"task": task.name, "task_metric": task.main_metric, "task_score": round(score, 4)}
 
 
 # ------------------------------------------------------------------------------ timing
 
 
-def _throughput(encode: Encode, texts: list[str]) -> dict[str, Any]:
+def _throughput(encode: Callable[[list[str]], Any], texts: list[str]) -> dict[str, Any]:
     encode(texts)  # warm-up: kernel selection, allocator pools, compilation
     rates = []
     for _ in range(TIMED_PASSES):
@@ -299,7 +680,9 @@ def _throughput(encode: Encode, texts: list[str]) -> dict[str, Any]:
     }
 
 
-def _latency(encode_one: Callable[[str], object], picks: list[str]) -> dict[str, float]:
+def _latency(encode_one: Callable[[str], object] | None, picks: list[str]) -> dict[str, Any]:
+    if encode_one is None:
+        return {"p50_ms": None, "p95_ms": None}
     for i in range(LATENCY_WARMUP_CALLS):
         encode_one(picks[i % len(picks)])
     times = []
@@ -308,12 +691,92 @@ def _latency(encode_one: Callable[[str], object], picks: list[str]) -> dict[str,
         encode_one(text)
         times.append((time.perf_counter() - t0) * 1000)
     p50, p95 = np.percentile(times, [50, 95])
-    return {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2)}
+    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3)}
 
 
 def _latency_picks(texts: list[str], samples: int) -> list[str]:
     """``samples`` sentences spread evenly over the set (repeating if it is smaller)."""
     return [texts[i * len(texts) // samples % len(texts)] for i in range(samples)]
+
+
+def _subset(texts: list[str], most: int) -> list[str]:
+    # An even spread over the sentences, so its length mix matches the full set's.
+    step = max(1, -(-len(texts) // most))
+    return texts[::step][:most]
+
+
+# ------------------------------------------------------------------------------ speed-ups
+
+
+def _speedups(rows: list[dict[str, Any]], sets: list[SentenceSet], threads: list[int]) -> None:
+    """``row["speedup"][set][threads]``: vs the fastest fp32 teacher row and BERT-base row."""
+    for s in sets:
+        for count in map(str, threads):
+            teacher = _fastest(rows, s.name, count, TEACHER, ("torch", "onnx"))
+            bert = _fastest(rows, s.name, count, BERT, ("torch", "onnx"))
+            for row in rows:
+                rate = row["speed"][s.name][count]["sentences_per_second"]
+                row.setdefault("speedup", {}).setdefault(s.name, {})[count] = {
+                    "vs_teacher": round(rate / teacher, 2) if teacher else None,
+                    "vs_bert_base": round(rate / bert, 1) if bert else None,
+                }
+
+
+def _fastest(
+    rows: list[dict[str, Any]], set_name: str, count: str, model: str, backends: Sequence[str]
+) -> float | None:
+    rates = [
+        r["speed"][set_name][count]["sentences_per_second"]
+        for r in rows
+        if r["model"] == model and r["backend"] in backends
+    ]
+    return max(rates) if rates else None
+
+
+def _target(
+    rows: list[dict[str, Any]], sets: list[SentenceSet], threads: list[int]
+) -> dict[str, Any]:
+    """The fastest student row with STS-B Spearman >= 0.83, against the targets, on the
+    Wikipedia set (else the last set) at the most threads measured."""
+    names = [s.name for s in sets]
+    set_name = "wiki" if "wiki" in names else names[-1]
+    count = str(max(threads))
+    result: dict[str, Any] = {**TARGET, "sentences": set_name, "threads": int(count)}
+    eligible = [
+        r
+        for r in rows
+        if r["model"] == STUDENT
+        and (r.get("quality") or {}).get("stsb_spearman", -1) >= TARGET["min_stsb_spearman"]
+    ]
+    if not eligible:
+        best = max(
+            (r for r in rows if r["model"] == STUDENT),
+            key=lambda r: r["speed"][set_name][count]["sentences_per_second"],
+        )
+        result.update(_measured(best, set_name, count), eligible=False, met=False)
+        return result
+    best = max(eligible, key=lambda r: r["speed"][set_name][count]["sentences_per_second"])
+    measured = _measured(best, set_name, count)
+    met = (
+        (measured["vs_teacher"] or 0) >= TARGET["vs_teacher"]
+        and (measured["vs_bert_base"] or 0) >= TARGET["vs_bert_base"]
+        and measured["p50_ms"] is not None
+        and measured["p50_ms"] <= TARGET["max_p50_ms"]
+    )
+    result.update(measured, eligible=True, met=met)
+    return result
+
+
+def _measured(row: dict[str, Any], set_name: str, count: str) -> dict[str, Any]:
+    speed, up = row["speed"][set_name][count], row["speedup"][set_name][count]
+    return {
+        "student": row["name"],
+        "backend": row["backend"],
+        "stsb_spearman": (row.get("quality") or {}).get("stsb_spearman"),
+        "vs_teacher": up["vs_teacher"],
+        "vs_bert_base": up["vs_bert_base"],
+        "p50_ms": speed["p50_ms"],
+    }
 
 
 # ------------------------------------------------------------------------------ facts
@@ -343,57 +806,126 @@ def _mean(values: list[int]) -> float:
 # ------------------------------------------------------------------------------ output
 
 
-def render(result: dict[str, Any]) -> Any:
-    """The results as a rich table (prints as a markdown-like grid)."""
-    from rich.table import Table
+def _columns(result: dict[str, Any]) -> list[str]:
+    top = str(max(result["threads"]))
+    columns = ["model", "backend", "params", "MB", "STS-B ρ", "task", "cos min"]
+    for count in map(str, result["threads"]):
+        columns += [f"sent/s {count}t", f"p50 ms {count}t", f"p95 ms {count}t"]
+    return columns + [f"× teacher {top}t", f"× BERT-base {top}t"]
 
-    s = result["sentences"]
-    table = Table(
-        title=f"{s['count']:,} sentences ({s['mean_tokens']} tokens on average)",
-        caption=_caption(result),
-    )
-    for name in ("model", "params", "MB on disk", "sent/s", "p50 ms", "p95 ms", "speed-up"):
-        table.add_column(name, justify="left" if name == "model" else "right")
+
+def table_rows(result: dict[str, Any], set_name: str) -> list[list[str]]:
+    """One sentence set's rows as display strings, in the order of ``_columns``."""
+    top = str(max(result["threads"]))
+    out = []
     for row in result["models"]:
+        q = row.get("quality") or {}
         mb = _number(row["mb_on_disk"])
         if row.get("mb_fp32") is not None:
             mb = f"({_number(row['mb_fp32'])} fp32)"
-        table.add_row(
-            row["model"],
+        task = f"{q['task']} {q['task_score']:.3f}" if q.get("task_score") is not None else "-"
+        cells = [
+            _label(row),
+            row["backend"],
             f"{row['params'] / 1e6:.2f}M",
             mb,
-            f"{row['sentences_per_second']:,.1f}",
-            _ms(row["p50_ms"]),
-            _ms(row["p95_ms"]),
-            f"{row['speedup_vs_teacher']:.2f}x",
+            f"{q['stsb_spearman']:.3f}" if "stsb_spearman" in q else "-",
+            task,
+            f"{q['cos_to_fp32_min']:.4f}" if "cos_to_fp32_min" in q else "-",
+        ]
+        for count in map(str, result["threads"]):
+            speed = row["speed"][set_name][count]
+            cells += [
+                f"{speed['sentences_per_second']:,.0f}",
+                _ms(speed["p50_ms"]),
+                _ms(speed["p95_ms"]),
+            ]
+        up = row["speedup"][set_name][top]
+        cells += [_times(up["vs_teacher"]), _times(up["vs_bert_base"])]
+        out.append(cells)
+    return out
+
+
+def render(result: dict[str, Any]) -> list[Any]:
+    """One rich table per sentence set, the targets and machine in the last caption."""
+    from rich.table import Table
+
+    tables = []
+    for i, s in enumerate(result["sentences"]):
+        last = i == len(result["sentences"]) - 1
+        table = Table(
+            title=f"{s['name']}: {s['count']:,} sentences ({s['mean_tokens']} tokens on average)",
+            caption=_caption(result) if last else None,
         )
-    return table
+        for name in _columns(result):
+            table.add_column(name, justify="left" if name in ("model", "backend") else "right")
+        for cells in table_rows(result, s["name"]):
+            table.add_row(*cells)
+        tables.append(table)
+    return tables
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The same tables as markdown, for docs/benchmarks.md."""
+    lines = []
+    for s in result["sentences"]:
+        lines += [
+            f"**{s['name']}**: {s['count']:,} sentences ({s['mean_tokens']} tokens on average)",
+            "",
+        ]
+        columns = _columns(result)
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append(
+            "|" + "|".join("---" if c in ("model", "backend") else "---:" for c in columns) + "|"
+        )
+        lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(result, s["name"])]
+        lines.append("")
+    lines += [f"- {line}" for line in _caption(result).splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def _caption(result: dict[str, Any]) -> str:
     t = result["target"]
-    verdict = "met" if t["met"] else "NOT met"
+    if t.get("eligible"):
+        verdict = "met" if t["met"] else "NOT met"
+        head = (
+            f"target (fastest student with STS-B ρ >= {t['min_stsb_spearman']}, {t['sentences']}, "
+            f"{t['threads']} threads: >= {t['vs_teacher']:.0f}x teacher, >= "
+            f"{t['vs_bert_base']:.0f}x BERT-base, p50 <= {t['max_p50_ms']} ms): {verdict} — "
+            f"{t['student']} on {t['backend']}: {_times(t['vs_teacher'])} teacher, "
+            f"{_times(t['vs_bert_base'])} BERT-base, p50 {_ms(t['p50_ms'])} ms"
+        )
+    else:
+        head = (
+            f"target: NOT met — no student reaches STS-B ρ >= {t['min_stsb_spearman']} (fastest "
+            f"student: {t['student']} on {t['backend']}, {_times(t['vs_teacher'])} teacher, "
+            f"{_times(t['vs_bert_base'])} BERT-base, p50 {_ms(t['p50_ms'])} ms)"
+        )
     lines = [
-        f"student speed-up {t['measured']:.2f}x vs teacher (target >= "
-        f"{t['student_speedup_vs_teacher']:.0f}x): {verdict}",
-        f"throughput: {result['throughput']}; latency: {result['latency']}",
-        *(_describe(row) for row in result["models"]),
-        machine_line(result),
+        head,
+        f"throughput: {result['throughput']}; latency: {result['latency']}; "
+        f"speed-ups vs the fastest fp32 teacher / BERT-base row",
+        *(f"{row['model']} {row['backend']}: {_describe(row)}" for row in result["models"]),
+        machine_line(result) + f"; load average {result['load_average_before_after']}",
         *result["notes"],
     ]
     return "\n".join(lines)
 
 
+def _label(row: dict[str, Any]) -> str:
+    if row["model"] == STUDENT:
+        return f"student {Path(row['path']).name if row['path'] else ''}".strip()
+    return row["model"]
+
+
 def _describe(row: dict[str, Any]) -> str:
-    if "path" in row:
-        return f"{row['model']}: {row['path']}"
-    how = f"{row['dtype']}{', compiled' if row['compiled'] else ''}"
-    where = (
-        f", on {row['sentences']:,} of the sentences ({row['mean_tokens']} tokens on average)"
-        if "sentences" in row
-        else ""
-    )
-    return f"{row['model']}: {row['name']} ({how}){where}"
+    if row["model"] == STUDENT:
+        return f"{row['name']} ({row['dtype']})"
+    how = f"{row['dtype']}{', compiled' if row.get('compiled') else ''}"
+    sentences = {s.get("sentences") for sets in row["speed"].values() for s in sets.values()}
+    sentences.discard(None)
+    where = f", on at most {max(sentences):,} sentences" if sentences else ""
+    return f"{row['name']} ({how}){where}"
 
 
 def _number(value: float | None) -> str:
@@ -404,3 +936,7 @@ def _number(value: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}x" if value >= 10 else f"{value:.2f}x"

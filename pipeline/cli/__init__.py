@@ -2,7 +2,7 @@
 
 Commands live by stage: `stage_one.py` (embed, inspect, sql, verify), `stage_two.py` (train,
 report, eval-sts), `tasks.py` (finetune, evaluate, teacher-finetune), `predict.py` (predict),
-`bench.py` (bench ...).
+`bench.py` (bench ...), `export.py` (export).
 Each registers itself on `app` through `command()`, which turns an `SraError` (or an OS error
 such as a full disk) into one `error:` line and exit status 1; `--debug` or
 `PIPELINE_DEBUG=1` shows the traceback instead.
@@ -93,7 +93,7 @@ def write_json(path: Path | None, result: dict[str, object]) -> None:
 
 
 # The command modules register themselves on `app` when imported.
-from pipeline.cli import bench, predict, stage_one, stage_two, tasks  # noqa: E402, F401
+from pipeline.cli import bench, export, predict, stage_one, stage_two, tasks  # noqa: E402, F401
 
 # Help read from a pipe or a file (`pipeline embed --help | less`, CI logs) is laid out this
 # wide: rich's default of 80 columns off a terminal cut option names to `--trust-remote-co…`.

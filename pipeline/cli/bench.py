@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from cache.errors import SraError
 from pipeline.cli import bench_app, command, write_json
 
 
@@ -53,32 +55,59 @@ def bench_startup(
 @command(
     "student",
     on=bench_app,
-    epilog="Example: pipeline bench student --student runs/sra-minilm-1m "
-    "--json runs/sra-minilm-1m/bench-student.json",
+    epilog="Example: pipeline bench student --student "
+    "runs/sra-minilm-1m:runs/evaluate/sst2/sra/seed0 --sentences stsb --sentences wiki "
+    "--threads 1,2 --teacher-onnx --model2vec runs/m2v-minilm "
+    "--json runs/bench/frontier.json --markdown runs/bench/frontier.md",
 )
 def bench_student(
-    student: Path = typer.Option(..., help="Student folder (or a run with it in encoder/)."),
-    sentences: Path | None = typer.Option(
-        None, help="One sentence per line (default: the unique sentences of STS-B dev)."
+    student: list[str] = typer.Option(
+        ...,
+        help="Student folder; FOLDER:RUN adds the dev metric of fine-tuned run RUN; repeatable.",
     ),
-    limit: int | None = typer.Option(None, help="Use only the first N sentences."),
+    sentences: list[str] | None = typer.Option(
+        None, help="stsb | wiki | FILE (one sentence per line); repeatable [default: stsb]."
+    ),
+    limit: int | None = typer.Option(None, help="Use only the first N sentences of each set."),
     batch_size: int = typer.Option(256, help="Student encode batch size."),
     latency_samples: int = typer.Option(200, help="Single-sentence calls for p50/p95 latency."),
+    threads: str | None = typer.Option(
+        None, help="Comma list of thread counts, e.g. 1,2 [default: torch's current]."
+    ),
+    backend: str = typer.Option(
+        "torch,onnx,onnx-int8", help="Comma list of student backends: torch, onnx, onnx-int8."
+    ),
     teacher: str | None = typer.Option(
-        None, help="Teacher to compare with (default: the one the student records)."
+        None, help="Teacher to compare with (default: the one the first student records)."
     ),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the teacher."),
+    teacher_onnx: bool = typer.Option(
+        False, help="Also time the teacher and BERT-base on ONNX Runtime (fp32 and int8)."
+    ),
     bert_base: bool = typer.Option(
         True, help="Also time a random-weight BERT-base (<= 1,000 sentences)."
     ),
     bert_base_size: str = typer.Option(
         "768,12,12,3072", hidden=True, help="hidden,layers,heads,intermediate (tests)."
     ),
+    bert_base_sentences: int = typer.Option(
+        1000, help="Time BERT-base on at most this many of each set's sentences."
+    ),
+    model2vec: Path | None = typer.Option(
+        None, help="Model2Vec folder for a static baseline (distilled from the teacher if absent)."
+    ),
+    quality: bool = typer.Option(
+        True, help="STS-B dev Spearman, cosine to fp32, fine-tuned dev metrics beside speed."
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+    markdown_path: Path | None = typer.Option(
+        None, "--markdown", help="Also write the tables as markdown here."
+    ),
 ) -> None:
-    """Student vs teacher (and BERT-base): size, sentences/s, single-sentence latency."""
+    """The deployment frontier: students on each backend vs the teacher, BERT-base and a
+    static baseline; sentences/s, latency and quality in one table per sentence set."""
     from pipeline.bench.student import bench_student as run
-    from pipeline.bench.student import render
+    from pipeline.bench.student import markdown, render
 
     result = run(
         student,
@@ -86,13 +115,32 @@ def bench_student(
         limit=limit,
         batch_size=batch_size,
         latency_samples=latency_samples,
+        threads=_int_list(threads, "--threads") if threads else None,
+        backends=[b.strip() for b in backend.split(",") if b.strip()],
         teacher=teacher,
         compile=compile,
+        teacher_onnx=teacher_onnx,
         bert_base=bert_base,
-        bert_base_size=[int(x) for x in bert_base_size.split(",")],
+        bert_base_size=_int_list(bert_base_size, "--bert-base-size"),
+        bert_base_sentences=bert_base_sentences,
+        model2vec=model2vec,
+        quality=quality,
     )
-    Console().print(render(result))
+    # Wide tables: a terminal gets its own width, a pipe or file the whole row.
+    console = Console(width=None if sys.stdout.isatty() else 240)
+    for table in render(result):
+        console.print(table)
     write_json(json_path, result)
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(markdown(result))
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SraError(f"{option} takes a comma list of integers, got {text!r}") from None
 
 
 @command(

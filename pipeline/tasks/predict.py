@@ -65,7 +65,9 @@ class PredictConfig:
     batch_size: int = option(256, "Texts per forward pass.")
     chunk_rows: int = option(8192, "Rows read, predicted and written at a time (flat memory).")
     backend: str | None = option(
-        None, "torch (default) | onnx | onnx-int8 (ONNX Runtime, via student.deploy)."
+        None,
+        "torch | onnx | onnx-int8 (ONNX Runtime); default: torch for a fine-tuned run, the "
+        "export's own for a `pipeline export` folder.",
     )
     device: str = option("cpu", "cpu | cuda.")
     overwrite: bool = option(False, "Replace an existing --output.")

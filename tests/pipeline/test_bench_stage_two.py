@@ -21,7 +21,7 @@ from pipeline.bench.student import bench_student, load_sentences
 from pipeline.bench.train import make_subset_cache
 from pipeline.cli import app
 from student import StudentConfig, StudentEncoder
-from tests.conftest import make_cache, write_corpus
+from tests.conftest import make_cache, make_task_run, write_corpus, write_glue
 
 TINY_BERT_BASE = ["--bert-base-size", "32,2,2,64"]
 
@@ -74,57 +74,120 @@ def test_help_has_examples():
         assert "Example: pipeline bench" in invoke("bench", command, "--help").output
 
 
-def test_bench_student_reports_all_three_models(tmp_path, student_dir, tiny_bert):
+def test_bench_student_reports_every_row(tmp_path, student_dir, tiny_bert):
     sentences = write_corpus(tmp_path / "sentences.txt", 12, seed=3)
-    out = tmp_path / "student.json"
+    out, md = tmp_path / "student.json", tmp_path / "student.md"
     result = invoke(
         "bench", "student", "--student", str(student_dir), "--sentences", str(sentences),
-        "--latency-samples", "4", *TINY_BERT_BASE, "--json", str(out),
+        "--latency-samples", "4", "--threads", "1", "--no-quality", *TINY_BERT_BASE,
+        "--json", str(out), "--markdown", str(md),
     )  # fmt: skip
-    assert "speed-up" in result.output and "BERT-base" in result.output
+    assert "× teacher" in result.output and "BERT-base" in result.output
     report = json.loads(out.read_text())
-    assert report["sentences"]["count"] == 12 and report["sentences"]["mean_tokens"] > 0
+    [s] = report["sentences"]
+    assert (s["name"], s["count"]) == ("sentences", 12) and s["mean_tokens"] > 0
     assert set(report["machine"]) >= {"cpu", "cores", "torch", "threads"}
-    assert report["date"] and report["notes"] == []
-    student, teacher, bert = report["models"]
-    assert (student["model"], teacher["model"], bert["model"]) == (
-        "student",
-        "teacher",
-        "BERT-base (random)",
-    )
+    assert report["date"] and report["notes"] == [] and report["threads"] == [1]
+    rows = report["models"]
+    assert [(r["model"], r["backend"]) for r in rows] == [
+        ("student", "torch"),
+        ("student", "onnx"),
+        ("student", "onnx-int8"),
+        ("teacher", "torch"),
+        ("BERT-base (random)", "torch"),
+    ]
     # The teacher defaults to the one the student records: the tiny BERT of the cache.
-    assert teacher["name"] == str(tiny_bert)
+    assert rows[3]["name"] == str(tiny_bert)
     size = (student_dir / "model.safetensors").stat().st_size
-    assert student["mb_on_disk"] == round(size / 1e6, 1)
-    for row in (student, teacher, bert):
-        assert row["params"] > 0 and row["sentences_per_second"] > 0
-        assert len(row["passes_sentences_per_second"]) == 3
-        assert row["speedup_vs_teacher"] == pytest.approx(
-            row["sentences_per_second"] / teacher["sentences_per_second"], abs=0.01
-        )
-    for row in (student, teacher):
-        assert 0 < row["p50_ms"] <= row["p95_ms"]
-    assert bert["p50_ms"] is None and bert["mb_on_disk"] is None and bert["mb_fp32"] > 0
-    assert bert["sentences"] == 12 and "hidden 32, 2 layers" in bert["name"]
+    assert rows[0]["mb_on_disk"] == round(size / 1e6, 1)
+    assert [r["dtype"] for r in rows[1:3]] == ["fp32", "int8"]
+    teacher = rows[3]["speed"]["sentences"]["1"]["sentences_per_second"]
+    bert = rows[4]["speed"]["sentences"]["1"]["sentences_per_second"]
+    for row in rows:
+        speed = row["speed"]["sentences"]["1"]
+        assert row["params"] > 0 and speed["sentences_per_second"] > 0
+        assert len(speed["passes_sentences_per_second"]) == 3
+        assert 0 < speed["p50_ms"] <= speed["p95_ms"]
+        up = row["speedup"]["sentences"]["1"]
+        assert up["vs_teacher"] == pytest.approx(speed["sentences_per_second"] / teacher, abs=0.01)
+        assert up["vs_bert_base"] == pytest.approx(speed["sentences_per_second"] / bert, abs=0.1)
+        assert "quality" not in row
+    bert_row = rows[4]
+    assert bert_row["mb_on_disk"] is None and bert_row["mb_fp32"] > 0
+    assert bert_row["speed"]["sentences"]["1"]["sentences"] == 12
+    assert "hidden 32, 2 layers" in bert_row["name"]
     target = report["target"]
-    assert target["measured"] == student["speedup_vs_teacher"]
-    assert target["met"] == (target["measured"] >= target["student_speedup_vs_teacher"])
+    assert target["eligible"] is False and target["met"] is False  # no quality measured
+    assert target["sentences"] == "sentences" and target["threads"] == 1
+    text = md.read_text()
+    assert text.count("| student ") == 3 and "target: NOT met" in text
+
+
+def test_bench_student_quality_columns(tmp_path, student_dir, tiny_bert, monkeypatch):
+    """STS-B Spearman per row, each ONNX row's cosine to its fp32 model, and a fine-tuned
+    run's dev metric on every backend; the teacher also on ONNX Runtime (--teacher-onnx)."""
+    glue = write_glue(tmp_path / "glue", n_train=8, n_dev=30)
+    monkeypatch.setattr(bench_student_module, "STS_B_DEV", glue / "STS-B" / "dev.tsv")
+    monkeypatch.setattr(bench_student_module, "GLUE_DIR", glue)
+    encoder = StudentEncoder.from_pretrained(student_dir)
+    run = make_task_run(tmp_path / "run", encoder, "sst2", False, "mlp", ["0", "1"])
+    report = bench_student(
+        [f"{student_dir}:{run}"],
+        ["stsb"],
+        latency_samples=2,
+        threads=[1],
+        backends=["torch", "onnx", "onnx-int8"],
+        teacher_onnx=True,
+        bert_base=False,
+    )
+    rows = {(r["model"], r["backend"]): r for r in report["models"]}
+    assert set(rows) == {
+        (m, b) for m in ("student", "teacher") for b in ("torch", "onnx", "onnx-int8")
+    }
+    student = rows["student", "torch"]["quality"]
+    assert -1 <= student["stsb_spearman"] <= 1 and "cos_to_fp32_min" not in student
+    assert student["task"] == "sst2" and student["task_metric"] == "accuracy"
+    onnx = rows["student", "onnx"]["quality"]
+    assert onnx["cos_to_fp32_min"] > 0.9999 and onnx["stsb_spearman"] == student["stsb_spearman"]
+    assert onnx["task_score"] == student["task_score"]  # same network, same predictions
+    int8 = rows["student", "onnx-int8"]["quality"]
+    assert 0.99 <= int8["cos_to_fp32_min"] <= int8["cos_to_fp32_mean"] <= 1.0 + 1e-6
+    assert abs(int8["task_score"] - student["task_score"]) <= 0.1
+    assert rows["teacher", "onnx"]["quality"]["cos_to_fp32_min"] > 0.9999
+    assert (
+        rows["teacher", "onnx"]["mb_on_disk"] is not None
+        or rows["teacher", "torch"]["mb_on_disk"] is None
+    )
+
+
+def test_bench_student_refuses_bad_options(student_dir):
+    with pytest.raises(SraError, match="--backend takes a comma list"):
+        bench_student([student_dir], backends=["tensorrt"])
+    with pytest.raises(SraError, match="--threads must be >= 1"):
+        bench_student([student_dir], threads=[0])
+    with pytest.raises(SraError, match="at least one --student"):
+        bench_student([])
+    result = CliRunner().invoke(
+        app, ["bench", "student", "--student", str(student_dir), "--threads", "one"]
+    )
+    assert result.exit_code == 1 and "--threads takes a comma list of integers" in result.output
 
 
 def test_bench_student_finds_the_encoder_subfolder(tmp_path, student_dir, tiny_bert):
     shutil.copytree(student_dir, tmp_path / "finetuned" / "encoder")
     sentences = write_corpus(tmp_path / "sentences.txt", 20, seed=4)
     report = bench_student(
-        tmp_path / "finetuned",
-        sentences,
+        [tmp_path / "finetuned"],
+        [sentences],
         limit=5,
         latency_samples=2,
         teacher=str(tiny_bert),
         bert_base=False,
+        quality=False,
     )
     assert [m["model"] for m in report["models"]] == ["student", "teacher"]
     assert report["models"][0]["path"] == str(tmp_path / "finetuned" / "encoder")
-    assert report["sentences"]["count"] == 5
+    assert report["sentences"][0]["count"] == 5
 
 
 def test_default_sentences_are_the_unique_sts_b_sentences(tmp_path, monkeypatch):
@@ -202,6 +265,6 @@ def test_a_vanished_teacher_falls_back_to_the_packaged_default(tmp_path, student
     config["teacher"] = str(tmp_path / "deleted-teacher")
     (moved / "config.json").write_text(json.dumps(config))
     sentences = write_corpus(tmp_path / "sentences.txt", 3)
-    report = bench_student(moved, sentences, latency_samples=2, bert_base=False)
+    report = bench_student([moved], [sentences], latency_samples=2, bert_base=False, quality=False)
     assert report["models"][1]["name"] == DEFAULT_TEACHER
     assert "no longer exists" in report["notes"][0]

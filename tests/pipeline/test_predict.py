@@ -274,3 +274,26 @@ def test_plain_progress_lines_off_a_terminal(own_task_models, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "predict: 5 rows" in err and "predict: 12 rows" in err
     assert "wrote " in err and "12 rows in" in err
+
+
+@pytest.mark.parametrize("name", ["reviews", "tickets"])
+def test_an_exported_model_predicts_a_file_as_its_run_does(own_task_models, tmp_path, name):
+    """`pipeline export --model RUN` writes a folder `pipeline predict --model` takes too:
+    on ONNX Runtime, with the run's columns and labels, the same predictions."""
+    pytest.importorskip("onnxruntime")
+    from student.deploy.export import export_onnx
+
+    model_dir = own_task_models[name][2]
+    export_onnx(model_dir, tmp_path / "onnx")
+    src = write_table(
+        tmp_path / "in.jsonl", [{"text": r["text"]} for r in own_task_rows(name, 15, seed=6)]
+    )
+    from_run = run(model_dir, src, tmp_path / "run.jsonl")
+    from_export = run(tmp_path / "onnx", src, tmp_path / "export.jsonl")
+    assert (from_run["backend"], from_export["backend"]) == ("torch", "onnx")
+    expected, got = read_rows(tmp_path / "run.jsonl"), read_rows(tmp_path / "export.jsonl")
+    assert [r["prediction"] for r in got] == [r["prediction"] for r in expected]
+    assert len({json.dumps(r["prediction"]) for r in expected}) > 1  # not one constant answer
+    labels = TaskModel.from_pretrained(model_dir).labels
+    probabilities = [[[r[f"p_{x}"] for x in labels] for r in rows] for rows in (expected, got)]
+    np.testing.assert_allclose(*np.asarray(probabilities, dtype=float), atol=1e-5)

@@ -67,7 +67,7 @@ def test_encode_under_bf16_autocast_is_close_to_fp32(tiny_encoder, monkeypatch):
 def test_plan_batches_covers_every_sentence_once():
     lengths = np.array([5] * 70 + [3] * 10 + [9] * 33 + [1] * 4 + [0] * 2, dtype=np.int64)
     np.random.default_rng(0).shuffle(lengths)
-    batches = encoder_module._plan_batches(lengths, batch_size=32)
+    batches = encoder_module.plan_batches(lengths, batch_size=32)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
     assert all(0 < len(b) <= 32 for b in batches)
     uniform = [b for b in batches if len(set(lengths[b].tolist())) == 1]
