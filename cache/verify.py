@@ -76,6 +76,8 @@ def verify_cache(path: str | Path) -> VerifyReport:
             report.problems.append(f"{p} fails its sha256 check")
     listed = {s.file for s in cache.shards}
     for p in sorted(cache.path.iterdir()):
+        if p.name in m.files:
+            continue  # a side file (tokenizer, task examples, logits): checked above
         if p.name.endswith(".arrow") and p.name not in listed:
             report.notes.append(f"{p.name} is not in the manifest (left by a killed run; ignored)")
         elif not is_cache_file(p.name):

@@ -97,6 +97,15 @@ def test_an_own_task_cache_is_a_task_cache(tmp_path: Path, tiny_bert: Path) -> N
     dev_examples, test_examples = (load_examples(cache, s, pair=False) for s in ("dev", "test"))
     assert dev_examples.labels.shape == (6, 3) and dev_examples.labelled
     assert not test_examples.labelled
+    # verify checks the task's side files by their sha256, and notes nothing about them.
+    from cache.verify import verify_cache
+
+    report = verify_cache(out)
+    assert report.ok and not report.notes, report
+    kept = (out / "examples-dev.arrow").read_bytes()
+    (out / "examples-dev.arrow").write_bytes(b"edited")
+    assert any("examples-dev.arrow fails its sha256" in p for p in verify_cache(out).problems)
+    (out / "examples-dev.arrow").write_bytes(kept)
     # The fingerprint knows the data: an edited file is another cache.
     write_table(root / "test.jsonl", [{"text": "changed"}])
     with pytest.raises(SraError, match="another config|--overwrite"):
