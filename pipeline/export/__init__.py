@@ -5,6 +5,6 @@ builds sentence-transformers modules, which import `transformers`: `student/` ne
 The ONNX format is `student.deploy.export` (this package only dispatches to it).
 """
 
-from pipeline.export.formats import ExportConfig, export
+from pipeline.export.formats import ExportConfig, export, export_sentence_transformers
 
-__all__ = ["ExportConfig", "export"]
+__all__ = ["ExportConfig", "export", "export_sentence_transformers"]
