@@ -12,14 +12,14 @@ also checks that the parent is still there.
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
-import queue
 import signal
+import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from cache.errors import SraError
@@ -116,33 +116,46 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
+# The child runs this in a fresh interpreter (see CorpusReader).
+CHILD = "from pipeline.reader import child_main; child_main()"
+
+
 class CorpusReader:
     """The reader process. Started before the teacher loads, it opens the corpus and reads (and
     splits) up to `prefetch` sentences meanwhile; `windows(plan)` then hands it what only a
     loaded teacher and an opened cache can say (tokenizer, limit, first window, windows to
     redo), and yields its windows; the last item is the finished stream's CorpusStats.
 
-    Forked before torch is imported, the child is small, and holds no torch threads.
+    The child is a fresh interpreter (`python -c CHILD`), not a fork: forking a
+    process that already runs threads (torch's, a notebook's, a test runner's) copies locks
+    those threads held, and the child can wait on them forever (seen: a malloc lock, inside
+    the sentence splitter). A fresh interpreter also never re-runs the caller's script, which
+    multiprocessing's spawn would. It imports no torch. Messages travel over two pipes as
+    pickles between our own two processes.
     """
 
-    def __init__(
-        self, spec: CorpusSpec, filters: FilterConfig, prefetch: int = 0, ahead: int = 2
-    ) -> None:
+    def __init__(self, spec: CorpusSpec, filters: FilterConfig, prefetch: int = 0) -> None:
         self.spec, self.filters = spec, filters
-        # fork where the platform has it: no re-import of the caller's script (spawn would run
-        # an unguarded `embed()` script again in the child).
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-        self._control: Any = ctx.Queue()
-        # The parent never waits for its plan to be flushed at exit: a dead child reads nothing.
-        self._control.cancel_join_thread()
-        self._q: Any = ctx.Queue(maxsize=ahead)
-        self._child = ctx.Process(
-            target=_produce,
-            args=(spec, filters, prefetch, self._control, self._q, os.getpid()),
-            daemon=True,
-        )
-        self._child.start()
+        plan_r, plan_w = os.pipe()  # parent -> child: what to read, then the plan
+        data_r, data_w = os.pipe()  # child -> parent: windows, then the stats
+        root = str(Path(__file__).resolve().parents[1])  # where `pipeline` is importable from
+        env = os.environ | {
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            "RAYON_NUM_THREADS": "1",  # one tokenizer thread: the teacher keeps the cores busy
+        }
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(plan_r), str(data_w), str(os.getpid())],
+                pass_fds=(plan_r, data_w),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            os.close(plan_r)
+            os.close(data_w)
+        self._control = Connection(plan_w, readable=False)
+        self._data = Connection(data_r, writable=False)
+        self._control.send((spec, filters, prefetch))
 
     def __enter__(self) -> CorpusReader:
         return self
@@ -152,18 +165,17 @@ class CorpusReader:
 
     def windows(self, plan: ReadPlan) -> Iterator[Window | CorpusStats]:
         assert plan.spec == self.spec and plan.filters == self.filters
-        self._control.put(plan)
-        child = self._child
+        self._control.send(plan)
         while True:
-            try:
-                kind, payload = self._q.get(timeout=5.0)
-            except queue.Empty:
-                if not child.is_alive():
-                    raise SraError(
-                        f"the corpus reader process died (exit code {child.exitcode}); "
-                        "rerun the same command to resume"
-                    ) from None
+            if not self._data.poll(5.0):
+                if self._child.poll() is not None:
+                    self._died()
                 continue
+            try:
+                kind, payload = self._data.recv()
+            except (EOFError, OSError):
+                self._child.wait(timeout=5)
+                self._died()
             if kind == "window":
                 yield payload
             elif kind == "stats":
@@ -172,22 +184,26 @@ class CorpusReader:
             else:
                 raise SraError(payload)
 
+    def _died(self) -> None:
+        raise SraError(
+            f"the corpus reader process died (exit code {self._child.returncode}); "
+            "rerun the same command to resume"
+        ) from None
+
     def close(self) -> None:
-        if self._child.is_alive():
+        for conn in (self._control, self._data):
+            conn.close()  # a child blocked writing gets a broken pipe and exits
+        if self._child.poll() is None:
             self._child.terminate()
-        self._child.join(timeout=5)
-        self._control.close()
+        try:
+            self._child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
 
 
-def read_windows(plan: ReadPlan, ahead: int = 2) -> Iterator[Window | CorpusStats]:
-    """Windows from a reader process started now; the last item is the stream's CorpusStats."""
-    with CorpusReader(plan.spec, plan.filters, 0, ahead) as reader:
-        yield from reader.windows(plan)
-
-
-def _produce(
-    spec: CorpusSpec, filters: FilterConfig, prefetch: int, control: Any, q: Any, parent: int
-) -> None:
+def _produce(control: Connection, out: Connection, parent: int) -> None:
+    """The child's work: read until the plan comes, then send the plan's windows and stats."""
     die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
@@ -196,23 +212,17 @@ def _produce(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def parent_gone() -> None:
-        # Exit at once: a normal exit would wait for the queue's feeder thread, which is
-        # blocked writing to a pipe nobody reads any more (the reader that lived forever).
         os._exit(1)
 
     def send(item: tuple[str, Any]) -> None:
-        while True:
-            try:
-                q.put(item, timeout=1.0)
-                return
-            except queue.Full:
-                if os.getppid() != parent:
-                    parent_gone()
+        try:
+            out.send(item)  # blocks while the parent is a window behind: the back-pressure
+        except OSError:  # the parent closed its end, or died
+            parent_gone()
 
-    # One tokenizer thread: the teacher already keeps both cores busy.
-    os.environ["RAYON_NUM_THREADS"] = "1"
     stats = CorpusStats()
     try:
+        spec, filters, prefetch = control.recv()
         head: list[tuple[str, str]] = []
         raw = iter_sentences(spec, filters, None, stats) if prefetch else None
         plan = _wait_for_plan(control, parent, raw, head, prefetch, parent_gone)
@@ -221,22 +231,16 @@ def _produce(
             for window in plan_windows(plan, stats, started):
                 send(("window", window))
             send(("stats", asdict(stats)))
+    except (EOFError, OSError):
+        parent_gone()  # the parent went away before sending what to read
     except SraError as e:
         send(("error", str(e)))
     except Exception as e:  # any other failure still ends as one line in the parent
         send(("error", f"reading the corpus failed: {type(e).__name__}: {e}"))
-    # Wait for the feeder thread to hand everything to the pipe, watching the parent.
-    q.close()
-    flushed = threading.Thread(target=q.join_thread, daemon=True)
-    flushed.start()
-    while flushed.is_alive():
-        flushed.join(timeout=0.5)
-        if os.getppid() != parent:
-            parent_gone()
 
 
 def _wait_for_plan(
-    control: Any,
+    control: Connection,
     parent: int,
     raw: Iterator[tuple[str, str]] | None,
     head: list[tuple[str, str]],
@@ -246,10 +250,8 @@ def _wait_for_plan(
     """Read ahead into `head` (up to `prefetch` sentences) until the plan comes."""
     while True:
         reading = raw is not None and len(head) < prefetch
-        try:
-            return control.get(timeout=0.005 if reading else 1.0)
-        except queue.Empty:
-            pass
+        if control.poll(0.005 if reading else 1.0):
+            return control.recv()
         if os.getppid() != parent:
             parent_gone()
         if reading:
@@ -258,3 +260,9 @@ def _wait_for_plan(
             head.extend(chunk)
             if not chunk:
                 prefetch = len(head)  # the stream ended before the prefetch did
+
+
+def child_main() -> None:
+    """The reader process's entry point: ``python -c "..." PLAN_FD DATA_FD PARENT_PID``."""
+    plan_fd, data_fd, parent = (int(a) for a in sys.argv[1:4])
+    _produce(Connection(plan_fd, writable=False), Connection(data_fd, readable=False), parent)
