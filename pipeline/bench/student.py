@@ -279,7 +279,7 @@ def _wiki_sentences() -> tuple[list[str], str]:
 def parse_student(spec: str | Path) -> StudentSpec:
     """``FOLDER``, ``FOLDER:RUN`` (a fine-tuned run whose dev metric to report), or a
     fine-tuned run itself (its ``encoder/`` is timed, its metric reported)."""
-    from student.task_model import is_task_run
+    from student.task_folder import is_task_run
 
     text = str(spec)
     folder, run = Path(text), None
