@@ -30,9 +30,11 @@ each, after ten untimed calls; p50 and p95. Speed-ups are against the fastest fp
 (torch, or ONNX: the teacher's own answers) and the fastest BERT-base row of the same sentence
 set and thread count. Everything runs on the CPU.
 
-This module reads the inputs, times the students and every row, and renders the tables; the
-baselines (teacher, random BERT-base, Model2Vec) and the row type `Entry` are in
-`pipeline/bench/baselines.py`, the quality columns in `pipeline/bench/quality.py`.
+This module builds the students' rows, runs every row on every set and thread count, works out
+the speed-ups and the target, and renders the tables. The rest is beside it in
+`pipeline/bench/`: the baselines (teacher, random BERT-base, Model2Vec) and the row type `Entry`
+in `baselines.py`, the quality columns in `quality.py`, the sentence sets in `sentence_sets.py`,
+how one encoder is timed in `timing.py`.
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ import numpy as np
 import torch
 
 from cache.errors import SraError
-from pipeline.bench import quality as bench_quality  # its paths read at call time
 from pipeline.bench.baselines import (
     BERT,
     BERT_BASE_SIZE,
@@ -71,24 +72,15 @@ from pipeline.bench.quality import (
     sts_spearman,
     task_quality,
 )
+from pipeline.bench.sentence_sets import SentenceSet, latency_picks, load_set, subset
+from pipeline.bench.timing import LATENCY_WARMUP_CALLS, TIMED_PASSES, latency, throughput
 
-WIKI_DUMP = bench_quality.SHARED_DATA / "wiki" / "enwiki_2015_wikiextractor_AA-AB.txt.gz"
-WIKI_SAMPLE, WIKI_STRIDE = 1000, 20  # every 20th of the dump's first 20,000 sentences
-TIMED_PASSES = 3
-LATENCY_WARMUP_CALLS = 10
 BERT_BASE_MAX_SENTENCES = 1000
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # The issue's deployment targets, checked on the Wikipedia set at the most threads measured.
 TARGET = {"min_stsb_spearman": 0.83, "vs_teacher": 12.0, "vs_bert_base": 80.0, "max_p50_ms": 1.0}
 
 STUDENT = "student"
-
-
-@dataclass
-class SentenceSet:
-    name: str
-    source: str
-    texts: list[str]
 
 
 @dataclass
@@ -157,10 +149,10 @@ def bench_student(
                 encode, one = entry.make(count)
                 name = f"{_label(entry.row)} {entry.row['backend']}"
                 for s in sets:
-                    texts = _subset(s.texts, bert_base_sentences) if entry.subset else s.texts
+                    texts = subset(s.texts, bert_base_sentences) if entry.subset else s.texts
                     _progress(f"{name}: {s.name}, {count} threads")
-                    speed = _throughput(encode, texts)
-                    speed.update(_latency(one, _latency_picks(texts, latency_samples)))
+                    speed = throughput(encode, texts)
+                    speed.update(latency(one, latency_picks(texts, latency_samples)))
                     if entry.subset:
                         speed["sentences"] = len(texts)
                     entry.row["speed"].setdefault(s.name, {})[str(count)] = speed
@@ -203,77 +195,7 @@ def _progress(what: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
 
-# ------------------------------------------------------------------------------ inputs
-
-
-def load_set(spec: str | Path, limit: int | None) -> SentenceSet:
-    """``stsb``, ``wiki`` or a file (see the module doc), cut to ``limit`` sentences."""
-    name = str(spec)
-    if name == "stsb":
-        if not bench_quality.STS_B_DEV.is_file():
-            raise SraError(
-                f"STS-B dev is not at {bench_quality.STS_B_DEV} (set PIPELINE_SHARED_DATA); pass "
-                "--sentences FILE (one sentence per line)"
-            )
-        texts, source = (
-            _sts_b_sentences(bench_quality.STS_B_DEV),
-            f"{bench_quality.STS_B_DEV} (unique sentences)",
-        )
-    elif name == "wiki":
-        texts, source = _wiki_sentences()
-    else:
-        path = Path(spec)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise SraError(f"cannot read --sentences {path}: {e}") from None
-        texts, source, name = [x.strip() for x in lines if x.strip()], str(path), path.stem
-    if limit is not None:
-        texts = texts[:limit]
-    if not texts:
-        raise SraError(f"no sentences to encode in {source}")
-    return SentenceSet(name, source, texts)
-
-
-def load_sentences(path: Path | None, limit: int | None) -> tuple[list[str], str]:
-    """Sentences, one per line of ``path``; by default the unique sentences of STS-B dev."""
-    s = load_set(path if path is not None else "stsb", limit)
-    return s.texts, s.source
-
-
-def _sts_b_sentences(path: Path) -> list[str]:
-    # GLUE TSVs are unquoted: split on tabs only (STS-B holds raw `"` characters).
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    header = lines[0].split("\t")
-    columns = [header.index("sentence1"), header.index("sentence2")]
-    seen: dict[str, None] = {}
-    for line in lines[1:]:
-        fields = line.split("\t")
-        for c in columns:
-            if c < len(fields) and fields[c].strip():
-                seen.setdefault(fields[c].strip())
-    return list(seen)
-
-
-def _wiki_sentences() -> tuple[list[str], str]:
-    """Every 20th of the first 20,000 sentences of the Wikipedia dump, as stage one cuts them."""
-    from pipeline.corpus import CorpusSpec, CorpusStats
-    from pipeline.sentences import FilterConfig, iter_sentences
-
-    dump = os.environ.get("PIPELINE_WIKI_DUMP") or (str(WIKI_DUMP) if WIKI_DUMP.is_file() else "")
-    if not dump:
-        raise SraError(
-            f"--sentences wiki needs the Wikipedia dump: set PIPELINE_WIKI_DUMP (not found at "
-            f"{WIKI_DUMP})"
-        )
-    stream = iter_sentences(
-        CorpusSpec("wiki", wiki_dump=dump),
-        FilterConfig(dedup_slots=1 << 20),
-        WIKI_SAMPLE * WIKI_STRIDE,
-        CorpusStats(),
-    )
-    texts = [text for i, (text, _) in enumerate(stream) if i % WIKI_STRIDE == 0]
-    return texts, f"{dump} (every {WIKI_STRIDE}th of the first {WIKI_SAMPLE * WIKI_STRIDE:,})"
+# ------------------------------------------------------------------------------ students
 
 
 def parse_student(spec: str | Path) -> StudentSpec:
@@ -300,9 +222,6 @@ def student_folder(path: Path) -> Path:
     if not (path / "config.json").is_file() and (path / "encoder" / "config.json").is_file():
         return path / "encoder"
     return path
-
-
-# ------------------------------------------------------------------------------ models
 
 
 def student_entries(
@@ -397,47 +316,6 @@ def _load_student(folder: Path) -> Any:
     from student.encoder import StudentEncoder
 
     return load_model(lambda: StudentEncoder.from_pretrained(folder))
-
-
-# ------------------------------------------------------------------------------ timing
-
-
-def _throughput(encode: Callable[[list[str]], Any], texts: list[str]) -> dict[str, Any]:
-    encode(texts)  # warm-up: kernel selection, allocator pools, compilation
-    rates = []
-    for _ in range(TIMED_PASSES):
-        t0 = time.perf_counter()
-        encode(texts)
-        rates.append(len(texts) / (time.perf_counter() - t0))
-    return {
-        "sentences_per_second": round(float(np.median(rates)), 1),
-        "passes_sentences_per_second": [round(r, 1) for r in rates],
-    }
-
-
-def _latency(encode_one: Callable[[str], object] | None, picks: list[str]) -> dict[str, Any]:
-    if encode_one is None:
-        return {"p50_ms": None, "p95_ms": None}
-    for i in range(LATENCY_WARMUP_CALLS):
-        encode_one(picks[i % len(picks)])
-    times = []
-    for text in picks:
-        t0 = time.perf_counter()
-        encode_one(text)
-        times.append((time.perf_counter() - t0) * 1000)
-    p50, p95 = np.percentile(times, [50, 95])
-    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3)}
-
-
-def _latency_picks(texts: list[str], samples: int) -> list[str]:
-    """``samples`` sentences spread evenly over the set (repeating if it is smaller)."""
-    return [texts[i * len(texts) // samples % len(texts)] for i in range(samples)]
-
-
-def _subset(texts: list[str], most: int) -> list[str]:
-    # An even spread over the sentences, so its length mix matches the full set's.
-    step = max(1, -(-len(texts) // most))
-    return texts[::step][:most]
 
 
 # ------------------------------------------------------------------------------ speed-ups

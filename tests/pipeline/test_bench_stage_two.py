@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from cache import open_cache, verify_cache
 from cache.errors import SraError
 from pipeline.bench import quality as bench_quality
-from pipeline.bench.student import bench_student, load_sentences
+from pipeline.bench.sentence_sets import load_sentences
+from pipeline.bench.student import bench_student
 from pipeline.bench.train import make_subset_cache
 from pipeline.cli import app
 from student import StudentConfig, StudentEncoder
