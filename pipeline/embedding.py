@@ -9,6 +9,9 @@ first window no shard holds and reproduces exactly the rows of an uninterrupted 
 Three workers overlap: a child process reads and splits the corpus (pure Python, so it must
 not share the GIL with the teacher), the main thread tokenizes (Rust) and runs the teacher, and a
 thread writes and checksums shards.
+
+Under torchrun each rank runs `embed()` on its share of the windows; the rank helpers (process
+group, barriers, the merge at the end) are in `pipeline/distributed.py`.
 """
 
 from __future__ import annotations
@@ -28,15 +31,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from cache import CacheWriter, Manifest, ShardInfo, merge_rank_manifests, sentence_schema
+from cache import CacheWriter, Manifest, ShardInfo, sentence_schema
 from cache.errors import CacheError, SraError
 from cache.lock import CacheLock, describe_holder
 from cache.manifest import EMBEDDINGS_NAME, TOKENIZER_NAME
 from cache.options import nested, option
 from cache.writer import unmerge
 from pipeline.corpus import CorpusSpec, CorpusStats, check_files, describe_corpus
-from pipeline.progress import EmbedProgress
-from pipeline.reader import CorpusReader, ReadPlan, Window, die_with_parent
+from pipeline.distributed import (
+    any_rank,
+    barrier,
+    dist_env,
+    init_process_group,
+    merge_when_all_done,
+    watch_launcher,
+)
+from pipeline.progress import EmbedProgress, StartupClock
+from pipeline.reader import CorpusReader, ReadPlan, Window
 from pipeline.sentences import FilterConfig, describe_filters, iter_sentences
 
 if TYPE_CHECKING:  # the teacher (torch, transformers) loads only when embed() runs, so
@@ -138,16 +149,6 @@ class Extension(Protocol):
         ...
 
 
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world size, local world size) from torchrun's environment."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    if world < 1 or not 0 <= rank < world:
-        raise SraError(f"bad RANK={rank} / WORLD_SIZE={world} in the environment")
-    return rank, world, local
-
-
 def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
     """Run stage one; returns the cache's manifest (this rank's part when distributed).
 
@@ -159,7 +160,7 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
         raise SraError(f"--out {cfg.out} is a file; choose a directory")
     marks = StartupClock()
     rank, world, local_world = dist_env()
-    launcher = _watch_launcher() if world > 1 else None
+    launcher = watch_launcher() if world > 1 else None
     spec = CorpusSpec(cfg.corpus, cfg.wiki_dump, cfg.split, cfg.text_field)
     corpus_info = extension.describe() if extension is not None else _check_corpus(cfg, spec)
 
@@ -206,11 +207,11 @@ def embed(cfg: EmbedConfig, extension: Extension | None = None) -> Manifest:
             "window": cfg.window,
         }
         if world > 1:
-            _init_process_group()
+            init_process_group()
         run = _Run(cfg, extension, teacher, progress, reader, rank, world, launcher, marks)
         manifest = run.into(config)
         if world > 1 and run.worked:
-            manifest = _merge_when_all_done(cfg.out, rank, world)
+            manifest = merge_when_all_done(cfg.out, rank, world)
     return manifest
 
 
@@ -262,7 +263,7 @@ class _Run:
         cfg, rank, world = self.cfg, self.rank, self.world
         schema = sentence_schema(self.teacher.poolings, self.teacher.hidden_size)
         if world > 1 and rank > 0:
-            _barrier()  # rank 0 prepares the directory first (--overwrite clears it)
+            barrier()  # rank 0 prepares the directory first (--overwrite clears it)
         writer = CacheWriter(
             cfg.out,
             config,
@@ -275,13 +276,13 @@ class _Run:
         )
         with writer:
             if world > 1 and rank == 0:
-                _barrier()
+                barrier()
             if writer.replaced:
                 _log(f"{cfg.out}: --overwrite: the cache that was there is removed, starting over")
             work = self.plan(writer)
             needed = work.needed or (world > 1 and not writer.from_merged)
             if world > 1:
-                needed = _any_rank(needed)  # every rank must come to the merge, or none
+                needed = any_rank(needed)  # every rank must come to the merge, or none
             if not needed:
                 rows = writer.manifest.num_rows
                 _log(f"{cfg.out} is complete ({rows:,} rows, every shard in place); nothing to do")
@@ -351,7 +352,7 @@ class _Run:
         if writer.manifest.complete:
             writer.reopen()
         if self.world > 1 and writer.from_merged:  # the same on every rank
-            _barrier()  # every rank has its own manifest again: the merged one can go
+            barrier()  # every rank has its own manifest again: the merged one can go
             if self.rank == 0:
                 unmerge(self.cfg.out)
         if work.files:
@@ -474,49 +475,11 @@ class _Run:
             raise SraError("the torchrun launcher is gone; stopping (rerun the same command)")
 
 
-class StartupClock:
-    """When a run reached its first steps, for `totals.startup_seconds` (`bench startup`).
-
-    Times count from the start of the process (Linux; elsewhere from the call to `embed()`), so
-    interpreter start and imports are in: a short job is mostly start-up.
-    """
-
-    def __init__(self) -> None:
-        self.t0 = time.monotonic() - _process_age()
-        self.marks: dict[str, float] = {"embed_called": time.monotonic()}
-
-    def mark(self, name: str) -> None:
-        self.marks.setdefault(name, time.monotonic())
-
-    def as_dict(self) -> dict[str, float]:
-        # Keys end in "seconds": merged ranks keep the longest, not the sum.
-        return {f"{k}_seconds": round(v - self.t0, 2) for k, v in self.marks.items()}
-
-
-def _process_age() -> float:
-    """Seconds since this process started (0 where /proc cannot say)."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def _hash_weights(name: str | None) -> None:
     from pipeline.teacher import resolve_teacher, weights_sha256
 
     with contextlib.suppress(OSError):  # the teacher's own load reports a missing folder
         weights_sha256(resolve_teacher(name))
-
-
-def _watch_launcher() -> int | None:
-    """Under torchrun: die with the launcher (a killed torchrun must not leave workers running).
-    Returns the launcher's pid, checked again between windows where the kernel cannot help."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return None  # RANK/WORLD_SIZE set by hand: the parent is a shell, not a launcher
-    die_with_parent()
-    return os.getppid()
 
 
 def _check_corpus(cfg: EmbedConfig, spec: CorpusSpec) -> dict[str, Any]:
@@ -586,45 +549,6 @@ def _write_side_files(writer: CacheWriter, teacher: Teacher) -> None:
         meta = {"teacher": teacher.name, "pad_id": str(teacher.pad_id)}
         data = save({"word_embeddings": teacher.embedding_matrix()}, metadata=meta)
         writer.put_file(EMBEDDINGS_NAME, data)
-
-
-def _init_process_group() -> None:
-    import datetime
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    dist.barrier()
-
-
-def _any_rank(flag: bool) -> bool:
-    """True on every rank when it is true on any."""
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
-def _merge_when_all_done(out: Path, rank: int, world: int) -> Manifest:
-    import torch.distributed as dist
-
-    dist.barrier()
-    if rank == 0:
-        merge_rank_manifests(out, world)
-    dist.barrier()
-    from cache import open_cache
-
-    manifest = open_cache(out).manifest
-    dist.destroy_process_group()
-    return manifest
 
 
 def _stats_line(stats: CorpusStats) -> str:

@@ -1,4 +1,5 @@
-"""Progress for long jobs: a rich bar on a terminal, plain periodic log lines elsewhere.
+"""Progress for long jobs: a rich bar on a terminal, plain periodic log lines elsewhere; and
+`StartupClock`, when a run reached its first steps (recorded in the manifest's totals).
 
 Off a terminal (a log file, CI, nohup) a line comes at least every `every` seconds (30 by
 default), also while nothing is counted yet: loading the teacher, compiling it, skipping the
@@ -11,9 +12,11 @@ selection, compilation), so the rate is measured from its end, and only after a 
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 
 from rich.console import Console
@@ -214,3 +217,32 @@ class EmbedProgress:
                     waited = time.monotonic() - self._phase_t0
                     text = f"embed: still {self.phase_text} ({waited:,.0f} s)"
             self._line(text)
+
+
+class StartupClock:
+    """When a run reached its first steps, for `totals.startup_seconds` (`bench startup`).
+
+    Times count from the start of the process (Linux; elsewhere from the call to `embed()`), so
+    interpreter start and imports are in: a short job is mostly start-up.
+    """
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic() - _process_age()
+        self.marks: dict[str, float] = {"embed_called": time.monotonic()}
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.monotonic())
+
+    def as_dict(self) -> dict[str, float]:
+        # Keys end in "seconds": merged ranks keep the longest, not the sum.
+        return {f"{k}_seconds": round(v - self.t0, 2) for k, v in self.marks.items()}
+
+
+def _process_age() -> float:
+    """Seconds since this process started (0 where /proc cannot say)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -96,7 +96,7 @@ def _inline(path: Path) -> bytes:
 def onnx_encoder(
     teacher: Any, model: bytes, budget: int, threads: int
 ) -> Callable[[list[str]], np.ndarray]:
-    """Text in, mean vectors out, as ``pipeline.bench.student.teacher_encoder`` but on ONNX
+    """Text in, mean vectors out, as ``pipeline.bench.baselines.teacher_encoder`` but on ONNX
     Runtime: the teacher's tokenizer and pad id, the same token-budget batches."""
     from pipeline.teacher import budget_batches
     from student.deploy.session import open_session

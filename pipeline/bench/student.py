@@ -29,16 +29,21 @@ headline (all three are in the JSON). Latency: ``--latency-samples`` calls with 
 each, after ten untimed calls; p50 and p95. Speed-ups are against the fastest fp32 teacher row
 (torch, or ONNX: the teacher's own answers) and the fastest BERT-base row of the same sentence
 set and thread count. Everything runs on the CPU.
+
+This module builds the students' rows, runs every row on every set and thread count, works out
+the speed-ups and the target, and renders the tables. The rest is beside it in
+`pipeline/bench/`: the baselines (teacher, random BERT-base, Model2Vec) and the row type `Entry`
+in `baselines.py`, the quality columns in `quality.py`, the sentence sets in `sentence_sets.py`,
+how one encoder is timed in `timing.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,42 +51,36 @@ import numpy as np
 import torch
 
 from cache.errors import SraError
+from pipeline.bench.baselines import (
+    BERT,
+    BERT_BASE_SIZE,
+    CPU_TOKEN_BUDGET,
+    TEACHER,
+    Entry,
+    bert_entries,
+    load_teacher,
+    params,
+    static_entry,
+    teacher_entries,
+)
 from pipeline.bench.machine import machine_info, machine_line
+from pipeline.bench.quality import (
+    QualityRefs,
+    agreement,
+    load_model,
+    read_sts_pairs,
+    sts_spearman,
+    task_quality,
+)
+from pipeline.bench.sentence_sets import SentenceSet, latency_picks, load_set, subset
+from pipeline.bench.timing import LATENCY_WARMUP_CALLS, TIMED_PASSES, latency, throughput
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
-STS_B_DEV = SHARED_DATA / "glue" / "STS-B" / "dev.tsv"
-GLUE_DIR = SHARED_DATA / "glue"
-WIKI_DUMP = SHARED_DATA / "wiki" / "enwiki_2015_wikiextractor_AA-AB.txt.gz"
-WIKI_SAMPLE, WIKI_STRIDE = 1000, 20  # every 20th of the dump's first 20,000 sentences
-TIMED_PASSES = 3
-LATENCY_WARMUP_CALLS = 10
-BERT_BASE_SIZE = (768, 12, 12, 3072)  # hidden, layers, heads, intermediate
 BERT_BASE_MAX_SENTENCES = 1000
-CPU_TOKEN_BUDGET = 4096  # pipeline embed's default on CPU: padded tokens per teacher batch
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # The issue's deployment targets, checked on the Wikipedia set at the most threads measured.
 TARGET = {"min_stsb_spearman": 0.83, "vs_teacher": 12.0, "vs_bert_base": 80.0, "max_p50_ms": 1.0}
 
-STUDENT, TEACHER, BERT, STATIC = "student", "teacher", "BERT-base (random)", "static (Model2Vec)"
-
-
-@dataclass
-class SentenceSet:
-    name: str
-    source: str
-    texts: list[str]
-
-
-@dataclass
-class Entry:
-    """One row of the table: what it is (``row``, JSON-ready) and how to get an encoder for
-    a thread count (``make(threads) -> (encode(list) -> vectors, encode_one(str) or None)``)."""
-
-    row: dict[str, Any]
-    make: Callable[[int], tuple[Callable[[list[str]], Any], Callable[[str], Any] | None]]
-    subset: bool = False  # BERT-base: at most BERT_BASE_MAX_SENTENCES sentences
-    quality: Callable[[Callable[[list[str]], Any]], dict[str, Any]] | None = None
+STUDENT = "student"
 
 
 @dataclass
@@ -89,15 +88,6 @@ class StudentSpec:
     folder: Path  # the StudentEncoder folder
     run: Path | None = None  # a fine-tuned run whose dev metric is reported
     label: str = ""
-
-
-@dataclass
-class _Quality:
-    """STS-B dev pairs and what reference vectors the ONNX rows are compared with."""
-
-    pairs: Any | None
-    unique: list[str]
-    references: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def bench_student(
@@ -135,14 +125,14 @@ def bench_student(
     previous_threads = torch.get_num_threads()
     notes: list[str] = []
 
-    refs = _Quality(_read_sts_pairs(notes) if quality else None, [])
+    refs = QualityRefs(read_sts_pairs(notes) if quality else None, [])
     if refs.pairs is not None:
         refs.unique = list(dict.fromkeys(refs.pairs.first + refs.pairs.second))
     entries: list[Entry] = []
     first = _load_student(specs[0].folder)
     for spec in specs:
         entries += student_entries(spec, backends, batch_size, refs)
-    tutor, teacher_notes = _load_teacher(
+    tutor, teacher_notes = load_teacher(
         teacher, first.config.teacher, first.config.max_length, compile
     )
     notes += teacher_notes
@@ -159,10 +149,10 @@ def bench_student(
                 encode, one = entry.make(count)
                 name = f"{_label(entry.row)} {entry.row['backend']}"
                 for s in sets:
-                    texts = _subset(s.texts, bert_base_sentences) if entry.subset else s.texts
+                    texts = subset(s.texts, bert_base_sentences) if entry.subset else s.texts
                     _progress(f"{name}: {s.name}, {count} threads")
-                    speed = _throughput(encode, texts)
-                    speed.update(_latency(one, _latency_picks(texts, latency_samples)))
+                    speed = throughput(encode, texts)
+                    speed.update(latency(one, latency_picks(texts, latency_samples)))
                     if entry.subset:
                         speed["sentences"] = len(texts)
                     entry.row["speed"].setdefault(s.name, {})[str(count)] = speed
@@ -205,80 +195,13 @@ def _progress(what: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
 
-# ------------------------------------------------------------------------------ inputs
-
-
-def load_set(spec: str | Path, limit: int | None) -> SentenceSet:
-    """``stsb``, ``wiki`` or a file (see the module doc), cut to ``limit`` sentences."""
-    name = str(spec)
-    if name == "stsb":
-        if not STS_B_DEV.is_file():
-            raise SraError(
-                f"STS-B dev is not at {STS_B_DEV} (set PIPELINE_SHARED_DATA); pass "
-                "--sentences FILE (one sentence per line)"
-            )
-        texts, source = _sts_b_sentences(STS_B_DEV), f"{STS_B_DEV} (unique sentences)"
-    elif name == "wiki":
-        texts, source = _wiki_sentences()
-    else:
-        path = Path(spec)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise SraError(f"cannot read --sentences {path}: {e}") from None
-        texts, source, name = [x.strip() for x in lines if x.strip()], str(path), path.stem
-    if limit is not None:
-        texts = texts[:limit]
-    if not texts:
-        raise SraError(f"no sentences to encode in {source}")
-    return SentenceSet(name, source, texts)
-
-
-def load_sentences(path: Path | None, limit: int | None) -> tuple[list[str], str]:
-    """Sentences, one per line of ``path``; by default the unique sentences of STS-B dev."""
-    s = load_set(path if path is not None else "stsb", limit)
-    return s.texts, s.source
-
-
-def _sts_b_sentences(path: Path) -> list[str]:
-    # GLUE TSVs are unquoted: split on tabs only (STS-B holds raw `"` characters).
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    header = lines[0].split("\t")
-    columns = [header.index("sentence1"), header.index("sentence2")]
-    seen: dict[str, None] = {}
-    for line in lines[1:]:
-        fields = line.split("\t")
-        for c in columns:
-            if c < len(fields) and fields[c].strip():
-                seen.setdefault(fields[c].strip())
-    return list(seen)
-
-
-def _wiki_sentences() -> tuple[list[str], str]:
-    """Every 20th of the first 20,000 sentences of the Wikipedia dump, as stage one cuts them."""
-    from pipeline.corpus import CorpusSpec, CorpusStats
-    from pipeline.sentences import FilterConfig, iter_sentences
-
-    dump = os.environ.get("PIPELINE_WIKI_DUMP") or (str(WIKI_DUMP) if WIKI_DUMP.is_file() else "")
-    if not dump:
-        raise SraError(
-            f"--sentences wiki needs the Wikipedia dump: set PIPELINE_WIKI_DUMP (not found at "
-            f"{WIKI_DUMP})"
-        )
-    stream = iter_sentences(
-        CorpusSpec("wiki", wiki_dump=dump),
-        FilterConfig(dedup_slots=1 << 20),
-        WIKI_SAMPLE * WIKI_STRIDE,
-        CorpusStats(),
-    )
-    texts = [text for i, (text, _) in enumerate(stream) if i % WIKI_STRIDE == 0]
-    return texts, f"{dump} (every {WIKI_STRIDE}th of the first {WIKI_SAMPLE * WIKI_STRIDE:,})"
+# ------------------------------------------------------------------------------ students
 
 
 def parse_student(spec: str | Path) -> StudentSpec:
     """``FOLDER``, ``FOLDER:RUN`` (a fine-tuned run whose dev metric to report), or a
     fine-tuned run itself (its ``encoder/`` is timed, its metric reported)."""
-    from student.task_model import is_task_run
+    from student.task_folder import is_task_run
 
     text = str(spec)
     folder, run = Path(text), None
@@ -301,20 +224,8 @@ def student_folder(path: Path) -> Path:
     return path
 
 
-def _read_sts_pairs(notes: list[str]) -> Any | None:
-    from student.sts import read_pairs
-
-    if not STS_B_DEV.is_file():
-        notes.append(f"STS-B dev not found at {STS_B_DEV}: no STS-B quality column")
-        return None
-    return read_pairs(STS_B_DEV)
-
-
-# ------------------------------------------------------------------------------ models
-
-
 def student_entries(
-    spec: StudentSpec, backends: Sequence[str], batch_size: int, refs: _Quality
+    spec: StudentSpec, backends: Sequence[str], batch_size: int, refs: QualityRefs
 ) -> list[Entry]:
     """One row per backend; the ONNX graph is built (and quantized) once, sessions per thread
     count, since an ONNX Runtime session's thread pool is fixed when it opens."""
@@ -324,7 +235,9 @@ def student_entries(
     entries = []
     for backend in backends:
         loaded = (
-            base if backend == "torch" else _load(lambda b=backend: load_encoder(spec.folder, b))
+            base
+            if backend == "torch"
+            else load_model(lambda b=backend: load_encoder(spec.folder, b))
         )
         on_disk = (
             _mb(spec.folder / "model.safetensors")
@@ -337,7 +250,7 @@ def student_entries(
             "dtype": _student_dtype(backend),
             "path": str(spec.folder),
             "name": spec.label,
-            "params": _params(base.model),
+            "params": params(base.model),
             "mb_on_disk": on_disk,
             "speed": {},
         }
@@ -375,13 +288,13 @@ def _student_dtype(backend: str) -> str:
 
 
 def _student_quality(
-    spec: StudentSpec, backend: str, base: Any, refs: _Quality, batch_size: int
+    spec: StudentSpec, backend: str, base: Any, refs: QualityRefs, batch_size: int
 ) -> Callable[[Callable[[list[str]], Any]], dict[str, Any]]:
     def measure(encode: Callable[[list[str]], Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if refs.pairs is not None:
             vectors = np.asarray(encode(refs.unique))
-            out["stsb_spearman"] = _sts_spearman(refs, vectors)
+            out["stsb_spearman"] = sts_spearman(refs, vectors)
             key = f"student:{spec.folder}"
             if backend == "torch":
                 refs.references[key] = vectors
@@ -391,7 +304,7 @@ def _student_quality(
                     reference = refs.references[key] = base.encode(
                         refs.unique, batch_size=batch_size
                     )
-                out.update(_agreement(vectors, reference))
+                out.update(agreement(vectors, reference))
         if spec.run is not None:
             out.update(task_quality(spec.run, backend))
         return out
@@ -399,310 +312,10 @@ def _student_quality(
     return measure
 
 
-def teacher_entries(tutor: Any, with_onnx: bool, refs: _Quality) -> list[Entry]:
-    run = teacher_encoder(tutor)
-    row = {
-        "model": TEACHER,
-        "backend": "torch",
-        "dtype": tutor.dtype,
-        "compiled": tutor.compiled,
-        "name": tutor.name,
-        "params": _params(tutor.model),
-        "mb_on_disk": _weights_mb(tutor.source),
-        "speed": {},
-    }
-    entries = [
-        Entry(row, lambda count: (run, lambda s: run([s])), quality=_teacher_quality(refs, None))
-    ]
-    if with_onnx:
-        entries += _onnx_rows(tutor, row, refs, quality=True)
-    return entries
-
-
-def _onnx_rows(tutor: Any, torch_row: dict[str, Any], refs: _Quality, quality: bool) -> list[Entry]:
-    """The same encoder exported to ONNX, on ONNX Runtime in fp32 and with int8 weights."""
-    from pipeline.bench.onnx_teacher import export_encoder, onnx_encoder
-    from student.deploy.session import quantize_int8
-
-    fp32 = export_encoder(tutor.model, int(tutor.config.vocab_size))
-    entries = []
-    for backend, model in (("onnx", fp32), ("onnx-int8", quantize_int8(fp32))):
-        row = {
-            **{k: v for k, v in torch_row.items() if k not in ("speed", "compiled")},
-            "backend": backend,
-            "dtype": "int8" if backend == "onnx-int8" else "fp32",
-            "mb_on_disk": round(len(model) / 1e6, 1) if torch_row["mb_on_disk"] else None,
-            "speed": {},
-        }
-
-        def make(count: int, model: bytes = model) -> Any:
-            run = onnx_encoder(tutor, model, CPU_TOKEN_BUDGET, count)
-            return run, lambda s: run([s])
-
-        check = _teacher_quality(refs, tutor) if quality else None
-        entries.append(Entry(row, make, subset=torch_row["model"] == BERT, quality=check))
-    return entries
-
-
-def _teacher_quality(
-    refs: _Quality, tutor: Any | None
-) -> Callable[[Callable[[list[str]], Any]], dict[str, Any]] | None:
-    """STS-B Spearman; for ONNX rows (``tutor`` given) also the cosine to the torch teacher."""
-    if refs.pairs is None:
-        return None
-
-    def measure(encode: Callable[[list[str]], Any]) -> dict[str, Any]:
-        vectors = np.asarray(encode(refs.unique))
-        out: dict[str, Any] = {"stsb_spearman": _sts_spearman(refs, vectors)}
-        if tutor is None:
-            refs.references["teacher"] = vectors
-        else:
-            reference = refs.references.get("teacher")
-            if reference is None:
-                reference = refs.references["teacher"] = teacher_encoder(tutor)(refs.unique)
-            out.update(_agreement(vectors, reference))
-        return out
-
-    return measure
-
-
-def bert_entries(tutor: Any, size: Sequence[int], with_onnx: bool) -> list[Entry]:
-    bert = random_bert_base(tutor, size)
-    run = teacher_encoder(bert)
-    row = {
-        "model": BERT,
-        "backend": "torch",
-        "dtype": tutor.dtype,
-        "compiled": tutor.compiled,
-        "name": bert.name,
-        "params": _params(bert.model),
-        "mb_on_disk": None,  # never saved; mb_fp32 is what its weights would take
-        "mb_fp32": round(_params(bert.model) * 4 / 1e6, 1),
-        "speed": {},
-    }
-    entries = [Entry(row, lambda count: (run, lambda s: run([s])), subset=True)]
-    if with_onnx:
-        entries += _onnx_rows(bert, row, _Quality(None, []), quality=False)
-    return entries
-
-
-def static_entry(folder: Path, tutor: Any, notes: list[str]) -> Entry:
-    """Model2Vec from the teacher: loaded from ``folder``, or distilled into it first."""
-    try:
-        from model2vec import StaticModel
-    except ImportError as e:
-        raise SraError("--model2vec needs model2vec: pip install 'sra-distill[bench]'") from e
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        started = time.perf_counter()
-        distill_model2vec(tutor.source, folder)
-        notes.append(
-            f"Model2Vec distilled from {tutor.name} into {folder} "
-            f"({time.perf_counter() - started:.0f} s, pca_dims 256)"
-        )
-    model = StaticModel.from_pretrained(str(folder))
-    params = int(np.prod(model.embedding.shape))
-    files = [p for p in folder.iterdir() if p.suffix == ".safetensors"]
-    row = {
-        "model": STATIC,
-        "backend": "numpy",
-        "dtype": str(model.embedding.dtype),
-        "name": str(folder),
-        "params": params,
-        "mb_on_disk": round(sum(p.stat().st_size for p in files) / 1e6, 1),
-        "speed": {},
-    }
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return model.encode(texts, batch_size=1024)
-
-    def quality(run: Callable[[list[str]], Any]) -> dict[str, Any]:
-        refs = _Quality(_read_sts_pairs([]), [])
-        if refs.pairs is None:
-            return {}
-        refs.unique = list(dict.fromkeys(refs.pairs.first + refs.pairs.second))
-        return {"stsb_spearman": _sts_spearman(refs, np.asarray(run(refs.unique)))}
-
-    return Entry(row, lambda count: (encode, lambda s: model.encode([s])), quality=quality)
-
-
-def distill_model2vec(teacher_source: str, folder: Path) -> None:
-    """Model2Vec's own distillation from the teacher (its default recipe, 256 PCA dims)."""
-    try:
-        from model2vec.distill import distill
-    except ImportError as e:
-        raise SraError(
-            "distilling Model2Vec needs model2vec[distill]: pip install 'sra-distill[bench]'"
-        ) from e
-    distill(model_name=teacher_source, pca_dims=256, device="cpu").save_pretrained(str(folder))
-
-
 def _load_student(folder: Path) -> Any:
     from student.encoder import StudentEncoder
 
-    return _load(lambda: StudentEncoder.from_pretrained(folder))
-
-
-def _load(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except SraError as e:
-        raise SraError(str(e)) from None
-
-
-def _load_teacher(
-    name: str | None, recorded: str, max_length: int, compile: bool
-) -> tuple[Any, list[str]]:
-    """``--teacher``, else the teacher the student's config.json names, else the default."""
-    from pipeline.teacher import Teacher
-
-    kw: dict[str, Any] = {"max_length": max_length, "device": "cpu", "compile": compile}
-    if name is not None:
-        return Teacher(name, **kw), []
-    if not recorded:
-        return Teacher(None, **kw), ["the student's config.json names no teacher; used the default"]
-    if os.path.isabs(recorded) and not Path(recorded).exists():
-        # A local folder that is gone: asking the hub for it would only fail, slowly.
-        note = f"the student's teacher folder {recorded} no longer exists; used the default"
-        return Teacher(None, **kw), [note]
-    try:
-        return Teacher(recorded, **kw), []
-    except SraError as e:
-        note = f"the student's teacher {recorded!r} did not load ({e}); used the default teacher"
-        return Teacher(None, **kw), [note]
-
-
-def teacher_encoder(teacher: Any) -> Callable[[list[str]], np.ndarray]:
-    """Text in, vectors out, as stage one runs the teacher: tokenize, sort by length, grow each
-    batch while (members x longest) stays inside the token budget."""
-    from pipeline.teacher import budget_batches
-
-    def encode(texts: list[str]) -> np.ndarray:
-        ids = [e.ids for e in teacher.backend.encode_batch(texts)]
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        out = np.empty((len(ids), teacher.hidden_size), dtype=np.float32)
-        for idx in budget_batches(lengths, CPU_TOKEN_BUDGET):
-            out[idx] = teacher.encode([ids[k] for k in idx])["mean"]
-        return out
-
-    return encode
-
-
-def random_bert_base(teacher: Any, size: Sequence[int]) -> Any:
-    """A Teacher running a randomly initialised BERT of the given size (BERT-base by default),
-    with the teacher's tokenizer, dtype, device and compile setting: speed does not depend on
-    the weights, so no download is needed."""
-    from transformers import BertConfig, BertModel
-
-    from pipeline.teacher import DTYPES
-
-    hidden, layers, heads, intermediate = (int(x) for x in size)
-    vocab = max(int(teacher.config.vocab_size), teacher.backend.get_vocab_size(True))
-    config = BertConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate,
-        max_position_embeddings=max(512, teacher.max_length),
-    )
-    torch.manual_seed(0)
-    model = BertModel(config, add_pooling_layer=False).to(teacher.device).eval()
-    if teacher.dtype != "fp32":
-        # As Teacher._load does: Linear weights cast once instead of by autocast every call.
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.to(DTYPES[teacher.dtype])
-    bert = copy.copy(teacher)  # tokenizer, dtype, device, max_length, pad id: the teacher's
-    bert.name = f"random BERT (hidden {hidden}, {layers} layers, {heads} heads, ffn {intermediate})"
-    bert.config, bert.model, bert.hidden_size, bert.poolings = config, model, hidden, ["mean"]
-    bert.layers = {}  # only the last layer's mean is timed
-    bert._forward = torch.compile(model, dynamic=True) if teacher.compiled else model
-    return bert
-
-
-# ------------------------------------------------------------------------------ quality
-
-
-def _sts_spearman(refs: _Quality, vectors: np.ndarray) -> float:
-    from student.sts import cosine_rows, spearman
-
-    index = {text: i for i, text in enumerate(refs.unique)}
-    a = vectors[[index[t] for t in refs.pairs.first]]
-    b = vectors[[index[t] for t in refs.pairs.second]]
-    return round(float(spearman(cosine_rows(a, b), refs.pairs.scores)), 4)
-
-
-def _agreement(vectors: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    from student.sts import cosine_rows
-
-    cos = cosine_rows(vectors, reference)
-    return {
-        "cos_to_fp32_min": round(float(cos.min()), 6),
-        "cos_to_fp32_mean": round(float(cos.mean()), 6),
-    }
-
-
-def task_quality(run: Path, backend: str) -> dict[str, Any]:
-    """The fine-tuned run's dev metric on ``backend`` (its task's main metric), for GLUE
-    tasks (read from the GLUE folder; an own task's dev split is not re-read here)."""
-    from cache.tasks import get_task, is_glue_name
-    from pipeline.tasks.glue import read_split
-    from student.finetuning.metrics import task_scores
-    from student.task_model import TaskModel, read_predictions
-
-    model = _load(lambda: TaskModel.from_pretrained(run, backend))
-    if not is_glue_name(model.task.name):
-        return {"task": model.task.name, "task_metric": None, "task_score": None}
-    task = get_task(model.task.name)
-    examples = read_split(task, "dev", GLUE_DIR)
-    first = [e.text_a for e in examples]
-    second = [e.text_b or "" for e in examples] if task.pair else None
-    predictions = read_predictions(task, model.outputs(first, second))
-    labels = np.asarray([e.label for e in examples])
-    score = task_scores(task, predictions, labels)[task.main_metric]
-    return {"task": task.name, "task_metric": task.main_metric, "task_score": round(score, 4)}
-
-
-# ------------------------------------------------------------------------------ timing
-
-
-def _throughput(encode: Callable[[list[str]], Any], texts: list[str]) -> dict[str, Any]:
-    encode(texts)  # warm-up: kernel selection, allocator pools, compilation
-    rates = []
-    for _ in range(TIMED_PASSES):
-        t0 = time.perf_counter()
-        encode(texts)
-        rates.append(len(texts) / (time.perf_counter() - t0))
-    return {
-        "sentences_per_second": round(float(np.median(rates)), 1),
-        "passes_sentences_per_second": [round(r, 1) for r in rates],
-    }
-
-
-def _latency(encode_one: Callable[[str], object] | None, picks: list[str]) -> dict[str, Any]:
-    if encode_one is None:
-        return {"p50_ms": None, "p95_ms": None}
-    for i in range(LATENCY_WARMUP_CALLS):
-        encode_one(picks[i % len(picks)])
-    times = []
-    for text in picks:
-        t0 = time.perf_counter()
-        encode_one(text)
-        times.append((time.perf_counter() - t0) * 1000)
-    p50, p95 = np.percentile(times, [50, 95])
-    return {"p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3)}
-
-
-def _latency_picks(texts: list[str], samples: int) -> list[str]:
-    """``samples`` sentences spread evenly over the set (repeating if it is smaller)."""
-    return [texts[i * len(texts) // samples % len(texts)] for i in range(samples)]
-
-
-def _subset(texts: list[str], most: int) -> list[str]:
-    # An even spread over the sentences, so its length mix matches the full set's.
-    step = max(1, -(-len(texts) // most))
-    return texts[::step][:most]
+    return load_model(lambda: StudentEncoder.from_pretrained(folder))
 
 
 # ------------------------------------------------------------------------------ speed-ups
@@ -782,21 +395,9 @@ def _measured(row: dict[str, Any], set_name: str, count: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ facts
 
 
-def _params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _mb(path: Path) -> float:
     """Megabytes (10^6 bytes) of a file."""
     return round(path.stat().st_size / 1e6, 1)
-
-
-def _weights_mb(source: str) -> float | None:
-    folder = Path(source)
-    if not folder.is_dir():
-        return None
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    return round(sum(f.stat().st_size for f in files) / 1e6, 1) if files else None
 
 
 def _mean(values: list[int]) -> float:

@@ -39,7 +39,8 @@ from cache.task_data import (
     task_bytes,
 )
 from cache.tasks import TaskSpec
-from pipeline.embedding import EmbedConfig, dist_env, embed
+from pipeline.distributed import dist_env
+from pipeline.embedding import EmbedConfig, embed
 from pipeline.tasks.augment import AugmentConfig, Neighbours, augment_examples
 from pipeline.tasks.examples import Example, TaskExamples, task_sentences
 from pipeline.tasks.glue import load_glue

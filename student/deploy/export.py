@@ -36,7 +36,8 @@ from student.encoder import (
     WEIGHTS_FILE,
     StudentEncoder,
 )
-from student.task_model import TASK_MODEL_FILE, TaskModel, is_task_run, read_predictions
+from student.task_folder import TASK_MODEL_FILE, is_task_run
+from student.task_model import TaskModel, read_predictions
 
 # The export-time check: fp32 must equal torch up to float rounding; int8 must keep every
 # sample sentence's vector within the deployment bar (cosine 0.995, as STS-B dev is held to).

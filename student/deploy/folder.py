@@ -8,7 +8,7 @@
     config.json      the student's config (as in a student folder): its shape and provenance
     tokenizer.json   the teacher's tokenizer, as in the student folder
     model.onnx       the graph (student.deploy.onnx_graph)
-    task_model.json  task models: the fine-tuned run's own (student/task_model.py), so
+    task_model.json  task models: the fine-tuned run's own (student/task_folder.py), so
                      ``TaskModel.from_pretrained`` reads the task from an export as from a run
 
 A reader accepts exactly the ``format_version`` it knows; anything else is refused in one line

@@ -142,7 +142,7 @@ def onnx_task_engine(
 def check_task_export(folder: Path) -> ExportInfo:
     """``export.json`` of an exported task model, read; an exported encoder, or a task export
     without ``task_model.json`` (its task definition), is one line saying what to do."""
-    from student.task_model import TASK_MODEL_FILE
+    from student.task_folder import TASK_MODEL_FILE
 
     export = read_export(folder)
     if export.kind != "task":

@@ -71,7 +71,7 @@ from student.runs.folder import RunFolder, RunKind
 from student.runs.progress import Progress
 from student.runs.schedule import lr_at
 from student.runtime import autocast, resolve_bf16, resolve_device
-from student.task_model import CARD_FILE, task_model_info
+from student.task_folder import CARD_FILE, task_model_info
 from student.training.setup import cache_tokenizer, student_config
 
 

@@ -4,7 +4,7 @@ metrics.json              dev metrics under their names (accuracy, f1, mcc, macr
 predictions-SPLIT.tsv     index<TAB>prediction for dev (and test where it exists)
 encoder/                  the fine-tuned StudentEncoder (not for --student teacher)
 head.safetensors          the task head, described under "head" in finetune.json
-task_model.json           what makes the folder a loadable model (student/task_model.py)
+task_model.json           what makes the folder a loadable model (student/task_folder.py)
 README.md                 the model card (student/finetuning/card.py)
 """
 
@@ -25,13 +25,8 @@ from student.finetuning.head import FinetuneModel
 from student.finetuning.metrics import task_scores
 from student.runs.checkpoint import tensors_bytes
 from student.runtime import autocast
-from student.task_model import (
-    ENCODER_DIR,
-    HEAD_FILE,
-    TASK_MODEL_FILE,
-    label_names,
-    read_predictions,
-)
+from student.task_folder import ENCODER_DIR, HEAD_FILE, TASK_MODEL_FILE
+from student.task_model import label_names, read_predictions
 
 METRICS_JSON = "metrics.json"
 

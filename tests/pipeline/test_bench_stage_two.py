@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from cache import open_cache, verify_cache
 from cache.errors import SraError
-from pipeline.bench import student as bench_student_module
-from pipeline.bench.student import bench_student, load_sentences
+from pipeline.bench import quality as bench_quality
+from pipeline.bench.sentence_sets import load_sentences
+from pipeline.bench.student import bench_student
 from pipeline.bench.train import make_subset_cache
 from pipeline.cli import app
 from student import StudentConfig, StudentEncoder
@@ -127,8 +128,8 @@ def test_bench_student_quality_columns(tmp_path, student_dir, tiny_bert, monkeyp
     """STS-B Spearman per row, each ONNX row's cosine to its fp32 model, and a fine-tuned
     run's dev metric on every backend; the teacher also on ONNX Runtime (--teacher-onnx)."""
     glue = write_glue(tmp_path / "glue", n_train=8, n_dev=30)
-    monkeypatch.setattr(bench_student_module, "STS_B_DEV", glue / "STS-B" / "dev.tsv")
-    monkeypatch.setattr(bench_student_module, "GLUE_DIR", glue)
+    monkeypatch.setattr(bench_quality, "STS_B_DEV", glue / "STS-B" / "dev.tsv")
+    monkeypatch.setattr(bench_quality, "GLUE_DIR", glue)
     encoder = StudentEncoder.from_pretrained(student_dir)
     run = make_task_run(tmp_path / "run", encoder, "sst2", False, "mlp", ["0", "1"])
     report = bench_student(
@@ -191,7 +192,7 @@ def test_bench_student_finds_the_encoder_subfolder(tmp_path, student_dir, tiny_b
 
 
 def test_default_sentences_are_the_unique_sts_b_sentences(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_student_module, "STS_B_DEV", tmp_path / "missing.tsv")
+    monkeypatch.setattr(bench_quality, "STS_B_DEV", tmp_path / "missing.tsv")
     with pytest.raises(SraError, match="--sentences"):
         load_sentences(None, None)
     tsv = tmp_path / "dev.tsv"
@@ -200,7 +201,7 @@ def test_default_sentences_are_the_unique_sts_b_sentences(tmp_path, monkeypatch)
         '0\tA "quoted" man.\tA man.\t4.0\n'
         "1\tA man.\tA dog runs.\t1.0\n"
     )
-    monkeypatch.setattr(bench_student_module, "STS_B_DEV", tsv)
+    monkeypatch.setattr(bench_quality, "STS_B_DEV", tsv)
     texts, source = load_sentences(None, None)
     assert texts == ['A "quoted" man.', "A man.", "A dog runs."] and str(tsv) in source
     assert load_sentences(None, 2)[0] == texts[:2]
