@@ -73,6 +73,7 @@ def test_pairs_take_mask_and_replace_and_refuse_ngram():
         AugmentConfig(copies=2, modes=("shuffle",)).check(SST2)
 
 
+@pytest.mark.slow
 def test_augmented_split_through_stage_one(tmp_path, tiny_teachers, tiny_glue):
     cfg = dict(
         corpus="glue:sst2",

@@ -219,6 +219,7 @@ def test_subset_cache_is_valid_and_shares_the_shards(tmp_path, cache_dir):
         make_subset_cache(cache_dir, 400, tmp_path / "too-big")
 
 
+@pytest.mark.slow
 def test_bench_train_reports_overhead_and_memory(tmp_path, cache_dir):
     out = tmp_path / "train.json"
     result = invoke(

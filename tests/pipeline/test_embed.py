@@ -221,6 +221,7 @@ def shard_inodes(path: Path) -> dict[str, int]:
     return {p.name: p.stat().st_ino for p in path.glob("shard-*.arrow")}
 
 
+@pytest.mark.slow
 def test_rerun_repairs_missing_and_truncated_shards_and_repair_finds_bit_flips(
     tmp_path: Path, tiny_bert: Path
 ) -> None:
@@ -298,6 +299,7 @@ def test_overwrite_of_the_same_config_starts_over(tmp_path: Path, tiny_bert: Pat
 # ---------------------------------------------------------------------------- --limit
 
 
+@pytest.mark.slow
 def test_a_larger_limit_grows_the_cache(
     tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,6 +30,7 @@ def student_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Pa
     return distil_tiny_student(tmp_path_factory.mktemp("eval-student"), tiny_bert, 200, 5)
 
 
+@pytest.mark.slow
 def test_evaluate_builds_caches_and_prints_every_row(tmp_path, student_run, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     glue = write_glue(tmp_path / "glue", n_train=48, n_dev=16)
@@ -86,6 +87,7 @@ def test_cli_bad_input(tmp_path, student_run):
     assert "error:" in result.output
 
 
+@pytest.mark.slow
 def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     glue = write_glue(tmp_path / "glue", n_train=48, n_dev=16)
@@ -135,6 +137,7 @@ def test_task_specific_rows_make_the_teacher_and_its_cache(tmp_path, student_run
         evaluate(replace(cfg, teachers=other.parent))
 
 
+@pytest.mark.slow
 def test_own_tasks_sit_beside_glue_in_one_table(tmp_path, student_run, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     glue = write_glue(tmp_path / "glue", n_train=48, n_dev=16)

@@ -149,6 +149,7 @@ def test_cli_refuses_a_folder_that_is_no_model(tmp_path):
     assert "neither a student folder" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_real_finetuned_run_exports_and_predicts_like_torch(tiny_bert, tmp_path):
     """pipeline finetune's own output folder (SST-2, MRPC, STS-B; one epoch), exported."""
     from cache.options import configure

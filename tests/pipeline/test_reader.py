@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.corpus import CorpusSpec
 from pipeline.reader import CHILD, CorpusReader
 from pipeline.sentences import FilterConfig
@@ -28,6 +30,7 @@ def test_the_reader_is_a_fresh_interpreter_not_a_fork(tmp_path: Path) -> None:
     assert child.returncode is not None  # closed and reaped with the reader
 
 
+@pytest.mark.slow
 def test_embed_from_a_process_busy_with_threads(tmp_path: Path, tiny_bert: Path) -> None:
     """embed() from Python while other threads allocate and hold locks, as in a notebook."""
     stop = threading.Event()

@@ -176,6 +176,7 @@ def _texts(cache) -> list[str]:  # type: ignore[no-untyped-def]
     return texts
 
 
+@pytest.mark.slow
 def test_cli_one_line_errors(tmp_path, tiny_bert, tiny_glue):
     import subprocess
     import sys

@@ -276,6 +276,7 @@ def test_tokenizer_from_another_model(saved):
 # ---------------------------------------------------------------------------- no transformers
 
 
+@pytest.mark.slow
 def test_loads_and_encodes_where_transformers_cannot_be_imported(saved, tmp_path):
     blocker = tmp_path / "blocker"
     for name in ("transformers", "pipeline"):

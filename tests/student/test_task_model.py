@@ -143,6 +143,7 @@ def test_the_folder_is_the_model_with_its_card(own_task_models):
     assert run_file["status"] == "complete" and run_file["speed"]["examples"] == 40
 
 
+@pytest.mark.slow
 def test_loading_and_predicting_needs_no_transformers(own_task_models):
     run = own_task_models["pairs"][2]
     code = (

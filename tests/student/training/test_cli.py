@@ -136,6 +136,7 @@ def test_bad_caches_are_one_line(app, cache_dir, tmp_path):
         assert not out.exists(), name  # refused before the run folder was made
 
 
+@pytest.mark.slow
 def test_train_and_encode_without_transformers(cache_dir, tmp_path):
     """Stage two never needs the teacher: train and encode where `import transformers` fails."""
     blocker = tmp_path / "blocker" / "transformers"
@@ -178,6 +179,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp(cache_dir, tmp_path):
     run = tmp_path / "run"
     command = pipeline_command(tmp_path)

@@ -115,6 +115,7 @@ train(tiny_train({cache!r}, {out!r}, epochs=2, checkpoint_every=7, dropout=0.3, 
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_sigkill_gives_the_same_weights(tmp_path, cache_dir, workers):
     opts = dict(epochs=2, checkpoint_every=7, dropout=0.3, workers=workers)
