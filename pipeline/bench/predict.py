@@ -49,12 +49,20 @@ def bench_predict(
     """Run (a) and (b) on the task model folder ``model``; JSON-ready results."""
     from student.task_model import TaskModel
 
-    if min(rows, small_rows, memory_rows, batch_size, chunk_rows) < 1:
-        raise SraError(
-            "--rows, --small-rows, --memory-rows, --batch-size, --chunk-rows must be >= 1"
-        )
+    counts = {
+        "--rows": rows,
+        "--small-rows": small_rows,
+        "--memory-rows": memory_rows,
+        "--batch-size": batch_size,
+        "--chunk-rows": chunk_rows,
+    }
+    for name, value in counts.items():
+        if value < 1:
+            raise SraError(f"{name} must be >= 1, got {value}")
     task_model = TaskModel.from_pretrained(model)
     words = vocabulary(Path(model) / str(task_model.info["encoder"]) / "tokenizer.json")
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)  # a scratch folder may be new
     scratch = Path(tempfile.mkdtemp(prefix="bench-predict-", dir=workdir))
     try:
         small = write_rows(scratch / "small.csv", small_rows, words, task_model.pair, seed)
